@@ -1,0 +1,1 @@
+"""Loading, the pipeline, the compile context, plan and manifest types, CLI."""

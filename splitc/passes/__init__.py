@@ -1,0 +1,1 @@
+"""Compiler passes: one pass per file, named by what it does."""

@@ -1,0 +1,1 @@
+"""Reference runners that load a bundle and execute it exactly as its manifest says."""
