@@ -1,0 +1,3 @@
+from splitc.compiler.cli import main
+
+main()

@@ -1,0 +1,211 @@
+"""The ``splitc`` command line.
+
+User errors (:class:`~splitc.errors.SplitcError` and bad flags) print one line and
+exit with code 2; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+from splitc.errors import USER_ERROR_EXIT_CODE, SplitcError
+
+__all__ = ["cli", "main"]
+
+log = logging.getLogger("splitc")
+
+
+def _setup_logging(verbose: int, quiet: bool) -> None:
+    level = logging.WARNING if quiet else (logging.DEBUG if verbose else logging.INFO)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s" if verbose else "%(message)s"))
+    log.handlers[:] = [handler]
+    log.setLevel(level)
+    log.propagate = False
+
+
+def _split_csv(values: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(item.strip() for value in values for item in value.split(",") if item.strip())
+
+
+def _options(target: str, targets_file, bandwidth, rtt_ms, split, **extra):
+    from splitc.compiler.context import CompileOptions
+
+    names = tuple(t.strip() for t in target.split(","))
+    try:
+        rtts = tuple(float(r) for r in _split_csv(rtt_ms))
+    except ValueError:
+        raise SplitcError(f"--rtt-ms expects numbers in milliseconds, got '{','.join(rtt_ms)}'") from None
+    return CompileOptions(targets=names, targets_files=tuple(targets_file), bandwidths=_split_csv(bandwidth),
+                          rtts_ms=rtts, split=_split_csv(split), **extra)
+
+
+def _shapes(input_shape: tuple[str, ...]):
+    from splitc.compiler.loader import parse_input_shape
+
+    return [parse_input_shape(s) for s in input_shape]
+
+
+def _model_options(func):
+    decorators = [
+        click.argument("model"),
+        click.option("--target", "-t", required=True,
+                     help="Tier chain, first tier first, e.g. jetson,cloud-gpu (see 'splitc targets')."),
+        click.option("--targets-file", multiple=True, type=click.Path(dir_okay=False),
+                     help="YAML file with extra target definitions (repeatable)."),
+        click.option("--input-shape", multiple=True,
+                     help="Static input shape, e.g. 1,3,224,224 (one per model input; inferred when possible)."),
+        click.option("--input-dtype", multiple=True, help="Input dtype (default float32; one for all or one per input)."),
+        click.option("--bandwidth", multiple=True,
+                     help="Link bandwidth, e.g. 20mbps: one value for every link or one per link (comma-separated)."),
+        click.option("--rtt-ms", multiple=True, help="Link round-trip time in ms: one for every link or one per link."),
+        click.option("--split", multiple=True,
+                     help="Force cut points: the last node of each tier but the last, e.g. layer2_3_relu_2 "
+                          "('input' = ship the raw input)."),
+        click.option("--seed", default=0, show_default=True, help="Seed for factories' random init and inputs."),
+        click.option("-v", "--verbose", count=True, help="More log output."),
+        click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors."),
+    ]
+    for decorator in reversed(decorators):
+        func = decorator(func)
+    return func
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="splitc")
+def cli() -> None:
+    """splitc: compile a PyTorch model into per-tier ONNX bundles for split inference."""
+
+
+@cli.command()
+@_model_options
+@click.option("-o", "--output", "out", required=True, type=click.Path(file_okay=False), help="Bundle folder to write.")
+@click.option("--opset", default=17, show_default=True, help="ONNX opset of every partition (>= 17).")
+@click.option("--no-simplify", is_flag=True, help="Skip onnxsim.")
+@click.option("--no-verify", is_flag=True, help="Skip running the bundle in ONNX Runtime against PyTorch.")
+@click.option("--verify-samples", default=2, show_default=True, help="Random inputs used by verification.")
+@click.option("--dump-dir", type=click.Path(file_okay=False), help="Write the graph after every pass here.")
+def compile(model, target, targets_file, input_shape, input_dtype, bandwidth, rtt_ms, split, seed, verbose, quiet,
+            out, opset, no_simplify, no_verify, verify_samples, dump_dir) -> None:
+    """Compile MODEL (.pt, .pt2 or package.module:factory) into a bundle for the tier chain."""
+    _setup_logging(verbose, quiet)
+    from splitc.compiler.pipeline import compile_model
+    from splitc.compiler.report import format_bundle_summary
+
+    options = _options(target, targets_file, bandwidth, rtt_ms, split, opset=opset, simplify=not no_simplify,
+                       verify=not no_verify, verify_samples=verify_samples, seed=seed)
+    result = compile_model(model, options, out, _shapes(input_shape), list(input_dtype), dump_dir=dump_dir)
+    if not quiet:
+        click.echo(format_bundle_summary(result.manifest))
+        click.echo(f"bundle: {Path(out).resolve()}")
+
+
+@cli.command()
+@_model_options
+@click.option("--json", "as_json", is_flag=True, help="Print the plan and every candidate as JSON.")
+@click.option("--top", default=15, show_default=True, help="Rows per boundary in the table (0 = all).")
+def plan(model, target, targets_file, input_shape, input_dtype, bandwidth, rtt_ms, split, seed, verbose, quiet,
+         as_json, top) -> None:
+    """Rank the cut candidates of MODEL for the tier chain (no bundle is written)."""
+    _setup_logging(verbose, quiet or as_json)
+    from splitc.compiler.pipeline import plan_model
+    from splitc.compiler.report import format_plan_table
+
+    options = _options(target, targets_file, bandwidth, rtt_ms, split, seed=seed)
+    prepared = plan_model(model, options, _shapes(input_shape), list(input_dtype))
+    result = prepared.ctx.plan_result
+    if as_json:
+        payload = result.to_dict(include_ranking=True)
+        payload["alternatives"] = [a.to_dict() for a in result.alternatives]
+        click.echo(json.dumps(payload, indent=2))
+    else:
+        click.echo(format_plan_table(result, top=top or None))
+
+
+@cli.command()
+@click.option("--targets-file", multiple=True, type=click.Path(dir_okay=False), help="Extra target YAML files.")
+@click.option("--json", "as_json", is_flag=True, help="Print every target as JSON.")
+def targets(targets_file, as_json) -> None:
+    """List the built-in targets (and those of --targets-file)."""
+    _setup_logging(0, False)
+    from splitc.targets.target import TargetRegistry, format_targets_table
+
+    listed = TargetRegistry.with_builtins(targets_file).targets()
+    if as_json:
+        click.echo(json.dumps([t.to_dict() for t in listed], indent=2))
+    else:
+        click.echo(format_targets_table(listed))
+
+
+@cli.command()
+@click.argument("bundle", type=click.Path(file_okay=False))
+@click.option("--inputs", type=click.Path(dir_okay=False), help=".npy (one input) or .npz (by input name) to run.")
+@click.option("--samples", default=3, show_default=True, help="Random inputs when --inputs is not given.")
+@click.option("--rtol", default=1e-3, show_default=True, help="Tolerance relative to each output's max magnitude.")
+@click.option("--atol", default=1e-4, show_default=True, help="Absolute tolerance.")
+@click.option("--seed", default=1, show_default=True, help="Seed of the random inputs.")
+def verify(bundle, inputs, samples, rtol, atol, seed) -> None:
+    """Run BUNDLE in ONNX Runtime, chained per its manifest, and compare with the PyTorch model."""
+    _setup_logging(0, False)
+    from splitc.compiler.verify import verify_bundle
+
+    _require_bundle(bundle)
+    report = verify_bundle(bundle, inputs=inputs, samples=samples, rtol=rtol, atol=atol, seed=seed)
+    click.echo(f"{'PASSED' if report.passed else 'FAILED'}: {report.samples} sample(s), max abs error "
+               f"{report.max_abs_error:.3g}, max relative error {report.max_rel_error:.3g} "
+               f"(rtol {rtol:g}, atol {atol:g}; worst output {report.worst_output})")
+    if not report.passed:
+        raise SystemExit(1)
+
+
+@cli.command()
+@click.argument("bundle", type=click.Path(file_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print the manifest.")
+def inspect(bundle, as_json) -> None:
+    """Summarise BUNDLE: tiers, partitions, what crosses each link, the plan."""
+    from splitc.compiler.report import format_bundle_summary
+
+    manifest = _require_bundle(bundle)
+    click.echo(json.dumps(manifest, indent=2) if as_json else format_bundle_summary(manifest))
+
+
+def _require_bundle(bundle: str) -> dict:
+    import jsonschema
+
+    from splitc.compiler.manifest import validate_manifest
+
+    path = Path(bundle) / "manifest.json"
+    if not path.exists():
+        raise SplitcError(f"'{bundle}' is not a splitc bundle (no manifest.json)", "pass the folder given to -o")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+        validate_manifest(manifest)
+    except (ValueError, jsonschema.ValidationError) as exc:  # broken JSON or schema violation
+        first = str(exc).strip().splitlines()[0][:200]
+        raise SplitcError(f"'{path}' is not a valid splitc manifest: {first}", "recompile the bundle") from None
+    return manifest
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point."""
+    try:
+        code = cli.main(args=argv, prog_name="splitc", standalone_mode=False)
+    except SplitcError as exc:
+        click.echo(f"error: {exc.one_line()}", err=True)
+        sys.exit(USER_ERROR_EXIT_CODE)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(USER_ERROR_EXIT_CODE if isinstance(exc, click.UsageError) else exc.exit_code)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,165 @@
+"""The default pipeline, as one readable recipe, and the two jobs built on it.
+
+Example:
+    >>> from splitc.compiler.context import CompileOptions
+    >>> from splitc.compiler.pipeline import compile_model
+    >>> result = compile_model("torchvision.models:resnet18",            # doctest: +SKIP
+    ...                        CompileOptions(targets=("jetson", "cloud-gpu")), "bundle/",
+    ...                        input_shapes=[(1, 3, 224, 224)])
+    >>> result.manifest["plan"]["cuts"][0]["after"]                      # doctest: +SKIP
+    'layer3_1_relu_1'
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from splitc.compiler.bundle import check_output_dir, staging_dir
+from splitc.compiler.context import CompileContext, CompileOptions
+from splitc.compiler.loader import (LoadedModel, TracedModel, infer_input_specs, load_model, make_example_inputs,
+                                    sha256_file, trace_model)
+from splitc.compiler.manifest import build_manifest, tier_dir_names, validate_manifest
+from splitc.compiler.pass_manager import Pass, PassManager
+from splitc.compiler.report import format_plan_report
+from splitc.compiler.verify import verify_bundle
+from splitc.errors import SplitcError
+from splitc.passes.candidates import CandidatesPass
+from splitc.passes.cut import CutPass
+from splitc.passes.fold_static_shapes import FoldStaticShapesPass
+from splitc.passes.plan import PlanPass
+from splitc.passes.profile import ProfilePass
+from splitc.targets.onnx_export import export_partition
+from splitc.targets.target import TargetRegistry
+
+__all__ = ["default_passes", "prepare", "plan_model", "compile_model", "CompileResult"]
+
+log = logging.getLogger("splitc")
+
+
+def default_passes() -> list[Pass]:
+    """The compiler's steps, in order. Each comment says why it sits where it does."""
+    return [
+        ProfilePass(),           # first: every later step reads its shapes, FLOPs and bytes
+        FoldStaticShapesPass(),  # needs the profiled constant values; leaves only tensor edges,
+                                 # so no cut ever has to ship a Python int
+        CandidatesPass(),        # after folding: enumerates cuts of the final graph
+        PlanPass(),              # reads profile + candidates; returns data, never edits the graph
+        CutPass(),               # needs the plan; checks the partitions compose to the original
+    ]
+
+
+@dataclass
+class Prepared:
+    loaded: LoadedModel
+    traced: TracedModel
+    ctx: CompileContext
+
+
+def prepare(model: str, options: CompileOptions, input_shapes: list[tuple[int, ...]] | None = None,
+            input_dtypes: list[str] | None = None) -> Prepared:
+    """Resolve targets, load and trace the model, build the compile context."""
+    tiers = TargetRegistry.with_builtins(options.targets_files).resolve_chain(options.targets)
+    loaded = load_model(model, seed=options.seed)
+    specs = infer_input_specs(loaded, list(input_shapes or []), list(input_dtypes or []))
+    traced = trace_model(loaded.module, specs)
+    placeholders = [n.name for n in traced.graph_module.graph.nodes if n.op == "placeholder"]
+    if len(placeholders) != len(specs):
+        raise SplitcError(f"the traced model has {len(placeholders)} inputs but {len(specs)} input shapes are known",
+                          "pass one --input-shape per input")
+    specs = [dataclasses.replace(s, name=name) for s, name in zip(specs, placeholders)]
+    ctx = CompileContext(options, tiers, specs, make_example_inputs(specs, seed=options.seed))
+    log.info("[load] %s: traced with %s, inputs %s; tiers: %s", model, traced.method,
+             ", ".join(f"{s.name} {list(s.shape)} {s.dtype}" for s in specs), " -> ".join(t.name for t in tiers))
+    return Prepared(loaded, traced, ctx)
+
+
+def plan_model(model: str, options: CompileOptions, input_shapes=None, input_dtypes=None) -> Prepared:
+    """Run the analyses and the planner only (``splitc plan``)."""
+    prepared = prepare(model, options, input_shapes, input_dtypes)
+    passes = [p for p in default_passes() if not isinstance(p, CutPass)]
+    prepared.traced.graph_module = PassManager(passes).run(prepared.traced.graph_module, prepared.ctx)
+    return prepared
+
+
+@dataclass
+class CompileResult:
+    out: Path
+    manifest: dict[str, Any]
+    prepared: Prepared
+
+
+def compile_model(model: str, options: CompileOptions, out: str | Path, input_shapes=None, input_dtypes=None,
+                  dump_dir: str | Path | None = None) -> CompileResult:
+    """Compile ``model`` for the tier chain in ``options`` into the bundle folder ``out``.
+
+    Raises:
+        SplitcError: on any user error; nothing is left at ``out`` then.
+    """
+    out = Path(out)
+    check_output_dir(out)  # before any work: an unwritable -o fails in a second, not a minute
+    prepared = prepare(model, options, input_shapes, input_dtypes)
+    ctx = prepared.ctx
+    gm = PassManager(default_passes(), dump_dir=dump_dir).run(prepared.traced.graph_module, ctx)
+    with staging_dir(out) as stage:
+        folders = tier_dir_names([t.name for t in ctx.tiers])
+        exported = _export_all(ctx, stage, folders)
+        manifest = build_manifest(ctx=ctx, gm=gm, loaded=prepared.loaded, traced=prepared.traced,
+                                  exported=exported, tier_dirs=folders, verification=None)
+        _write_manifest(stage, manifest)
+        if options.verify:
+            manifest["verification"] = _verify(stage, prepared, options)
+            _write_manifest(stage, manifest)
+        (stage / "report.md").write_text(format_plan_report(manifest, ctx.plan_result), encoding="utf-8")
+    log.info("[bundle] wrote %s (%d partition(s), %d transfer(s))", out, len(manifest["partitions"]),
+             len(manifest["transfers"]))
+    return CompileResult(out, manifest, prepared)
+
+
+def _export_all(ctx: CompileContext, stage: Path, folders: list[str]) -> list[dict[str, Any]]:
+    exported = []
+    for part in ctx.partitions:
+        folder = stage / folders[part.tier_index]
+        folder.mkdir(exist_ok=True)
+        path = folder / f"part{part.index}.onnx"
+        start = time.perf_counter()
+        result = export_partition(part, path, opset=ctx.options.opset, simplify=ctx.options.simplify)
+        elapsed = time.perf_counter() - start
+        ctx.pass_timings[f"export.part{part.index}"] = elapsed
+        log.info("[export] partition %d -> %s/%s (%d nodes, %.1f MiB, %s exporter%s, %.2fs)", part.index,
+                 folders[part.tier_index], path.name, part.end - part.start, path.stat().st_size / 2**20,
+                 result.exporter, ", simplified" if result.simplified else "", elapsed)
+        exported.append({"file": f"{folders[part.tier_index]}/{path.name}", "sha256": sha256_file(path),
+                         "exporter": result.exporter, "simplified": result.simplified,
+                         "op_types": result.op_types, "warnings": result.warnings})
+    return exported
+
+
+def _write_manifest(stage: Path, manifest: dict[str, Any]) -> None:
+    validate_manifest(manifest)  # a manifest that breaks its own schema is a bug: fail here, not in serving
+    (stage / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    shutil.copyfile(Path(__file__).with_name("manifest.schema.json"), stage / "manifest.schema.json")
+
+
+def _verify(stage: Path, prepared: Prepared, options: CompileOptions) -> dict[str, Any]:
+    start = time.perf_counter()
+    report = verify_bundle(stage, module=prepared.loaded.module, samples=options.verify_samples,
+                           rtol=options.rtol, atol=options.atol, seed=options.seed + 1)
+    prepared.ctx.pass_timings["verify"] = time.perf_counter() - start
+    log.info("[verify] %s: %d sample(s), max abs error %.3g, max relative error %.3g (rtol %g, atol %g, %.2fs)",
+             "passed" if report.passed else "FAILED", report.samples, report.max_abs_error, report.max_rel_error,
+             report.rtol, report.atol, prepared.ctx.pass_timings["verify"])
+    if not report.passed:
+        raise SplitcError(
+            f"verification failed: ONNX Runtime output '{report.worst_output}' differs from PyTorch by "
+            f"{report.max_abs_error:.3g} (relative {report.max_rel_error:.3g}, allowed rtol {report.rtol:g} "
+            f"atol {report.atol:g}); no bundle was written",
+            "this is likely an exporter problem: report it, or pass --no-verify to keep the bundle anyway")
+    return report.to_dict()
+

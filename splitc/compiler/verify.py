@@ -1,0 +1,150 @@
+"""``splitc verify``: run a bundle in ONNX Runtime and compare with the original PyTorch model.
+
+The partitions are chained exactly as the manifest says (through the reference
+runner, which really encodes and decodes every transfer), on random inputs from a
+fixed seed or on inputs the user gives (``.npy`` for a one-input model, ``.npz``
+keyed by input name). Outputs match when, per output,
+``max|onnx - torch| <= atol + rtol * max|torch|`` -- a tolerance relative to the
+output's scale, because randomly initialised deep networks produce logits of very
+different magnitudes.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from splitc.compiler.loader import InputSpec, load_model, make_example_inputs, parameter_fingerprint, sha256_file
+from splitc.errors import SplitcError
+from splitc.runtime_stubs.runner import BundleRunner, load_manifest
+
+__all__ = ["VerifyReport", "verify_bundle", "load_inputs", "reload_model"]
+
+log = logging.getLogger("splitc")
+
+
+@dataclass
+class VerifyReport:
+    """Outcome of a verification."""
+
+    passed: bool
+    samples: int
+    max_abs_error: float
+    max_rel_error: float
+    rtol: float
+    atol: float
+    worst_output: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"passed": self.passed, "samples": self.samples, "max_abs_error": self.max_abs_error,
+                "max_rel_error": self.max_rel_error, "rtol": self.rtol, "atol": self.atol,
+                "worst_output": self.worst_output}
+
+
+def reload_model(manifest: dict[str, Any]) -> torch.nn.Module:
+    """Load the compiled model again from the manifest's source record, checking it is unchanged."""
+    source = manifest["model"]["source"]
+    if source["kind"] == "file":
+        path = Path(source["path"])
+        if not path.exists():
+            raise SplitcError(f"the compiled model file '{path}' no longer exists",
+                              "restore it, or run verify from the machine that compiled the bundle")
+        if sha256_file(path) != source["sha256"]:
+            raise SplitcError(f"the model file '{path}' changed since the bundle was compiled (sha256 differs)",
+                              "recompile the bundle")
+        module = load_model(str(path)).module
+    else:
+        module = load_model(source["spec"], seed=source["seed"]).module
+    if parameter_fingerprint(module) != manifest["model"]["parameters_sha256"]:
+        raise SplitcError("the reloaded model's weights differ from the compiled ones",
+                          "the factory's initialisation is not reproducible here (another torch version?); "
+                          "save the model with torch.save and compile the file instead")
+    return module
+
+
+def load_inputs(path: str | Path, specs: list[InputSpec]) -> list[list[np.ndarray]]:
+    """Read user inputs: ``.npy`` (one input) or ``.npz`` keyed by input name.
+
+    A leading extra dimension holds several samples: an array of shape ``(S, *shape)``
+    gives S samples. Returns one list of arrays (in input order) per sample.
+    """
+    path = Path(path)
+    try:
+        data = np.load(path, allow_pickle=False)
+    except Exception as exc:
+        raise SplitcError(f"cannot read inputs '{path}': {exc}", "give a .npy or .npz file") from None
+    arrays = {specs[0].name: data} if isinstance(data, np.ndarray) else {k: data[k] for k in data.files}
+    missing = [s.name for s in specs if s.name not in arrays]
+    if missing:
+        raise SplitcError(f"inputs file '{path}' lacks {', '.join(missing)} (has {', '.join(arrays) or 'nothing'})",
+                          "save an .npz with one array per model input name")
+    per_input = []
+    for spec in specs:
+        array = arrays[spec.name]
+        shape = tuple(spec.shape)
+        if array.shape == shape:
+            array = array[None]
+        elif array.shape[1:] != shape:
+            raise SplitcError(f"input '{spec.name}' in '{path}' has shape {list(array.shape)}; the bundle expects "
+                              f"{list(shape)} (or [S, {', '.join(map(str, shape))}] for S samples)")
+        per_input.append(array.astype(np.dtype(spec.dtype)))
+    counts = {len(a) for a in per_input}
+    if len(counts) != 1:
+        raise SplitcError(f"inputs in '{path}' have different sample counts: {sorted(counts)}")
+    return [[a[i] for a in per_input] for i in range(counts.pop())]
+
+
+def verify_bundle(bundle: str | Path, module: torch.nn.Module | None = None, inputs: str | Path | None = None,
+                  samples: int = 2, rtol: float = 1e-3, atol: float = 1e-4, seed: int = 0) -> VerifyReport:
+    """Compare the bundle's chained ONNX partitions with the PyTorch model.
+
+    Args:
+        bundle: bundle folder.
+        module: the original model; reloaded from the manifest when None.
+        inputs: optional .npy/.npz file of inputs; random seeded inputs otherwise.
+        samples: number of random inputs when ``inputs`` is None.
+        rtol, atol: tolerance (see module docstring).
+        seed: seed of the random inputs.
+    """
+    manifest = load_manifest(bundle)
+    _check_files(Path(bundle), manifest)
+    specs = [InputSpec(s["name"], tuple(s["shape"]), s["dtype"]) for s in manifest["model"]["inputs"]]
+    module = module if module is not None else reload_model(manifest)
+    cases = load_inputs(inputs, specs) if inputs else [
+        [t.numpy() for t in make_example_inputs(specs, seed=seed + i)] for i in range(samples)]
+    runner = BundleRunner(bundle)
+    worst = (0.0, 0.0, "")
+    passed = True
+    for case in cases:
+        with torch.no_grad():
+            expected, _ = torch.utils._pytree.tree_flatten(module(*[torch.from_numpy(a) for a in case]))
+        got = runner.run({s.name: a for s, a in zip(specs, case)})
+        for out, want in zip(manifest["model"]["outputs"], expected):
+            err, rel, ok = _compare(got[out["name"]], want.detach().numpy(), rtol, atol)
+            passed &= ok
+            if rel >= worst[1]:
+                worst = (err, rel, out["name"])
+    return VerifyReport(passed, len(cases), worst[0], worst[1], rtol, atol, worst[2])
+
+
+def _compare(got: np.ndarray, want: np.ndarray, rtol: float, atol: float) -> tuple[float, float, bool]:
+    if got.shape != want.shape:
+        return float("inf"), float("inf"), False
+    diff = np.abs(got.astype(np.float64) - want.astype(np.float64))
+    err = float(diff.max()) if diff.size else 0.0
+    scale = float(np.abs(want).max()) if want.size else 0.0
+    return err, err / max(scale, 1e-12), bool(err <= atol + rtol * scale)
+
+
+def _check_files(bundle: Path, manifest: dict[str, Any]) -> None:
+    for part in manifest["partitions"]:
+        path = bundle / part["file"]
+        if not path.exists():
+            raise SplitcError(f"bundle file '{path}' is missing", "recompile the bundle")
+        if sha256_file(path) != part["sha256"]:
+            raise SplitcError(f"bundle file '{path}' does not match its sha256 in the manifest", "recompile the bundle")

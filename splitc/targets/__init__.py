@@ -1,0 +1,1 @@
+"""Targets are data: the catalog, the cost model, and exporters per backend."""
