@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from splitc.compiler.bundle import check_output_dir, staging_dir
 from splitc.compiler.context import CompileContext, CompileOptions
 from splitc.compiler.loader import (LoadedModel, TracedModel, infer_input_specs, load_model, make_example_inputs,
@@ -31,7 +33,8 @@ from splitc.compiler.report import format_plan_report
 from splitc.compiler.verify import verify_bundle
 from splitc.errors import SplitcError
 from splitc.passes.candidates import CandidatesPass
-from splitc.passes.cut import CutPass
+from splitc.passes.cut import CutPass, run_partitions
+from splitc.passes.fold_constants import FoldConstantsPass
 from splitc.passes.fold_static_shapes import FoldStaticShapesPass
 from splitc.passes.plan import PlanPass
 from splitc.passes.profile import ProfilePass
@@ -46,7 +49,8 @@ log = logging.getLogger("splitc")
 def default_passes() -> list[Pass]:
     """The compiler's steps, in order. Each comment says why it sits where it does."""
     return [
-        ProfilePass(),           # first: every later step reads its shapes, FLOPs and bytes
+        FoldConstantsPass(),     # first: weight-only computations become buffers, never wire tensors
+        ProfilePass(),           # every later step reads its shapes, FLOPs and bytes
         FoldStaticShapesPass(),  # needs the profiled constant values; leaves only tensor edges,
                                  # so no cut ever has to ship a Python int
         CandidatesPass(),        # after folding: enumerates cuts of the final graph
@@ -149,8 +153,17 @@ def _write_manifest(stage: Path, manifest: dict[str, Any]) -> None:
 
 def _verify(stage: Path, prepared: Prepared, options: CompileOptions) -> dict[str, Any]:
     start = time.perf_counter()
+    ctx = prepared.ctx
+    names = [s.name for s in ctx.input_specs]
+
+    def boundary_reference(case: list) -> dict:
+        with torch.no_grad():
+            values = run_partitions(ctx.partitions, names, [torch.from_numpy(a) for a in case])
+        return {k: v.numpy() for k, v in values.items()}
+
     report = verify_bundle(stage, module=prepared.loaded.module, samples=options.verify_samples,
-                           rtol=options.rtol, atol=options.atol, seed=options.seed + 1)
+                           rtol=options.rtol, atol=options.atol, seed=options.seed + 1,
+                           boundary_reference=boundary_reference)
     prepared.ctx.pass_timings["verify"] = time.perf_counter() - start
     log.info("[verify] %s: %d sample(s), max abs error %.3g, max relative error %.3g (rtol %g, atol %g, %.2fs)",
              "passed" if report.passed else "FAILED", report.samples, report.max_abs_error, report.max_rel_error,

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -100,7 +100,9 @@ def load_inputs(path: str | Path, specs: list[InputSpec]) -> list[list[np.ndarra
 
 
 def verify_bundle(bundle: str | Path, module: torch.nn.Module | None = None, inputs: str | Path | None = None,
-                  samples: int = 2, rtol: float = 1e-3, atol: float = 1e-4, seed: int = 0) -> VerifyReport:
+                  samples: int = 2, rtol: float = 1e-3, atol: float = 1e-4, seed: int = 0,
+                  boundary_reference: Callable[[list[np.ndarray]], dict[str, np.ndarray]] | None = None
+                  ) -> VerifyReport:
     """Compare the bundle's chained ONNX partitions with the PyTorch model.
 
     Args:
@@ -110,6 +112,9 @@ def verify_bundle(bundle: str | Path, module: torch.nn.Module | None = None, inp
         samples: number of random inputs when ``inputs`` is None.
         rtol, atol: tolerance (see module docstring).
         seed: seed of the random inputs.
+        boundary_reference: optional function giving PyTorch's value of every boundary tensor
+            for an input case; then every tensor that crosses a link is compared too, which
+            catches a wrong partition even when the model's outputs carry no signal.
     """
     manifest = load_manifest(bundle)
     _check_files(Path(bundle), manifest)
@@ -124,12 +129,24 @@ def verify_bundle(bundle: str | Path, module: torch.nn.Module | None = None, inp
         with torch.no_grad():
             expected, _ = torch.utils._pytree.tree_flatten(module(*[torch.from_numpy(a) for a in case]))
         got = runner.run({s.name: a for s, a in zip(specs, case)})
-        for out, want in zip(manifest["model"]["outputs"], expected):
-            err, rel, ok = _compare(got[out["name"]], want.detach().numpy(), rtol, atol)
+        pairs = [(o["name"], got[o["name"]], w.detach().numpy()) for o, w in zip(manifest["model"]["outputs"], expected)]
+        if boundary_reference is not None:
+            reference = boundary_reference(case)
+            pairs += [(f"wire tensor {n}", v, reference[n]) for n, v in runner.received.items()]
+        for name, value, want in pairs:
+            err, rel, ok = _compare(value, want, rtol, atol)
             passed &= ok
             if rel >= worst[1]:
-                worst = (err, rel, out["name"])
+                worst = (err, rel, name)
+        _warn_if_constant(pairs[: len(expected)])
     return VerifyReport(passed, len(cases), worst[0], worst[1], rtol, atol, worst[2])
+
+
+def _warn_if_constant(outputs: list[tuple[str, np.ndarray, np.ndarray]]) -> None:
+    for name, _, want in outputs:
+        if want.size > 1 and np.ptp(want) == 0:
+            log.warning("verify: PyTorch output '%s' is constant (%g) for this input, so comparing it shows little; "
+                        "are the weights initialised (e.g. a zero-initialised head)?", name, want.flat[0])
 
 
 def _compare(got: np.ndarray, want: np.ndarray, rtol: float, atol: float) -> tuple[float, float, bool]:

@@ -56,11 +56,12 @@ class BundleRunner:
         self._partition_of_tier = {p["tier_index"]: p for p in self.manifest["partitions"]}
         self._transfer_on_link = {t["link"]: t for t in self.manifest["transfers"]}
         self.wire_bytes: list[int] = []  # bytes sent per link on the last run
+        self.received: dict[str, np.ndarray] = {}  # every tensor decoded from a link on the last run
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run one request; returns the model outputs by manifest output name."""
         held = {spec["name"]: np.asarray(inputs[spec["name"]]) for spec in self.manifest["model"]["inputs"]}
-        self.wire_bytes = []
+        self.wire_bytes, self.received = [], {}
         for tier in self.manifest["tiers"]:
             part = self._partition_of_tier.get(tier["index"])
             if part is not None:
@@ -84,4 +85,5 @@ class BundleRunner:
             sent += len(payload)
             received[spec["name"]] = decode(payload, spec)
         self.wire_bytes.append(sent)
+        self.received.update(received)
         return received
