@@ -34,6 +34,7 @@ from splitc.compiler.verify import verify_bundle
 from splitc.errors import SplitcError
 from splitc.passes.candidates import CandidatesPass
 from splitc.passes.cut import CutPass, run_partitions
+from splitc.passes.eliminate_dead_code import EliminateDeadCodePass
 from splitc.passes.fold_constants import FoldConstantsPass
 from splitc.passes.fold_static_shapes import FoldStaticShapesPass
 from splitc.passes.plan import PlanPass
@@ -49,7 +50,8 @@ log = logging.getLogger("splitc")
 def default_passes() -> list[Pass]:
     """The compiler's steps, in order. Each comment says why it sits where it does."""
     return [
-        FoldConstantsPass(),     # first: weight-only computations become buffers, never wire tensors
+        EliminateDeadCodePass(), # first: a dead node would keep its inputs live across cuts
+        FoldConstantsPass(),     # weight-only computations become buffers, never wire tensors
         ProfilePass(),           # every later step reads its shapes, FLOPs and bytes
         FoldStaticShapesPass(),  # needs the profiled constant values; leaves only tensor edges,
                                  # so no cut ever has to ship a Python int

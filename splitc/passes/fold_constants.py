@@ -50,7 +50,7 @@ class FoldConstantsPass(Pass):
                     replacement = gm.graph.get_attr(name)
                 node.replace_all_uses_with(replacement)
         if folded:
-            gm.graph.eliminate_dead_code()
+            gm.graph.eliminate_dead_code()  # the folded subgraphs now have no users
             gm.graph.lint()
             gm.recompile()
         return PassResult(gm, modified=bool(folded), summary=f"{folded} parameter-only subgraph(s) folded to buffers")

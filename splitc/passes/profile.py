@@ -13,7 +13,7 @@ of fvcore/ptflops.
 Writes, for every node:
     ``splitc.op_class``     one of :data:`splitc.op_classes.OP_CLASSES`
     ``splitc.flops``        int, floating point operations of one call
-    ``splitc.flops_source`` "counted" (FlopCounterMode) | "estimated" | "none"
+    ``splitc.flops_source`` "counted" (FlopCounterMode) | "formula" | "estimated" | "none"
     ``splitc.out_bytes``    bytes of the tensor outputs
     ``splitc.in_bytes``     bytes of the tensor inputs read
     ``splitc.param_bytes``  bytes of parameters and buffers the node reads
@@ -130,7 +130,7 @@ class _Profiler(ShapeProp):
         source = "counted" if flops else "none"
         if not flops and op_class not in ("view", "data_movement"):
             flops = self._estimate(n, name, op_class, args, result)
-            source = "estimated" if flops else "none"
+            source = ("formula" if op_class == "attention" else "estimated") if flops else "none"
         meta = n.meta
         meta["splitc.op_name"] = name
         meta["splitc.op_class"] = op_class
@@ -145,8 +145,10 @@ class _Profiler(ShapeProp):
         return result
 
     def _estimate(self, n: torch.fx.Node, name: str, op_class: str, args: tuple, result: Any) -> int:
+        module = self.module.get_submodule(n.target) if n.op == "call_module" else None
+        if isinstance(module, nn.MultiheadAttention):
+            return _mha_flops(module, args)
         if op_class == "pool":
-            module = self.module.get_submodule(n.target) if n.op == "call_module" else None
             kernel = getattr(module, "kernel_size", None)
             if kernel is not None:
                 area = math.prod(kernel) if isinstance(kernel, (tuple, list)) else kernel ** 2
@@ -164,6 +166,19 @@ class _Profiler(ShapeProp):
         if n.op == "get_attr":
             return _tensor_bytes(result)
         return 0
+
+
+def _mha_flops(module: nn.MultiheadAttention, args: tuple) -> int:
+    """nn.MultiheadAttention in eval mode takes a fused native kernel FlopCounterMode does not see.
+
+    Projections of query (L), key and value (S) tokens, scores and weighted sum, output projection.
+    """
+    query, key = args[0], args[1] if len(args) > 1 else args[0]
+    seq_dim = 1 if module.batch_first else 0
+    batch = query.numel() // (query.shape[seq_dim] * query.shape[-1])
+    q_len, kv_len, embed = query.shape[seq_dim], key.shape[seq_dim], module.embed_dim
+    return 2 * batch * (q_len * embed * embed + 2 * kv_len * embed * embed + 2 * q_len * kv_len * embed
+                        + q_len * embed * embed)
 
 
 class _NodeFailure(Exception):

@@ -1,0 +1,521 @@
+#!/usr/bin/env python
+"""splitc benchmarks: compile time, split overhead and planner time, measured in one run.
+
+Usage::
+
+    python benchmarks/run.py                       # full run (~2 min on 2 cores), resnet50
+    python benchmarks/run.py --quick               # smoke run (< 60 s), resnet18, fewer repetitions
+    python benchmarks/run.py --out results.json    # where the JSON goes (default benchmarks/results/latest.json)
+
+Prints one progress line per step, then a markdown table; writes every raw
+measurement to the JSON file. See benchmarks/README.md for what each figure means.
+Exit status is 0 whether or not the goals are met (this is a measurement, not a test).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime as _dt
+import gc
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_OUT = REPO / "benchmarks" / "results" / "latest.json"
+
+# Goals stated in the issue.
+GOAL_COMPILE_RATIO = 2.0      # compile time (no verification) / bare torch.onnx.export time
+GOAL_SPLIT_OVERHEAD = 1.05    # split latency (sum of partitions) / monolithic latency
+GOAL_PLANNER_S = 1.0          # PlanPass on a 10,000-node chain
+
+# Model and forced split per mode. The split is forced so that two partitions are
+# really exported (the planner alone might put the whole model on one tier).
+FULL = dict(model="resnet50", split="layer3_5_relu_2", compile_reps=5, warmup_iters=5, iters=30,
+            chain_nodes=10_000, plan_reps=5)
+QUICK = dict(model="resnet18", split="layer3_1_relu_1", compile_reps=2, warmup_iters=2, iters=10,
+             chain_nodes=10_000, plan_reps=3)
+INPUT_SHAPE = (1, 3, 224, 224)
+TARGETS_2 = ("jetson", "cloud-gpu")
+TARGETS_3 = ("jetson", "edge", "cloud-gpu")
+THREADS = 2  # ONNX Runtime intra-op threads, identical for the monolithic and the split side
+
+_T0 = time.perf_counter()
+
+
+def progress(message: str) -> None:
+    print(f"[{time.perf_counter() - _T0:6.1f}s] {message}", flush=True)
+
+
+def median(values: list[float]) -> float:
+    return float(statistics.median(values))
+
+
+def summary(values: list[float]) -> dict:
+    """Median plus the raw runs (seconds)."""
+    return {"median": median(values), "min": float(min(values)), "max": float(max(values)),
+            "runs": [float(v) for v in values]}
+
+
+# --------------------------------------------------------------------------- machine
+
+def machine_info() -> dict:
+    import numpy
+    import onnx
+    import onnxruntime
+    import torch
+    import torchvision
+
+    cpu_model, cpu_flags = "unknown", ""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                if line.startswith("model name") and cpu_model == "unknown":
+                    cpu_model = line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    try:
+        import onnxsim
+        onnxsim_version = getattr(onnxsim, "__version__", "unknown")
+    except Exception:  # noqa: BLE001 - informational only
+        onnxsim_version = "not installed"
+    try:
+        affinity = len(os.sched_getaffinity(0))
+    except AttributeError:
+        affinity = os.cpu_count()
+    commit, dirty = _git_state()
+    return {
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "cpu_model": cpu_model,
+        "cpu_count": os.cpu_count(),
+        "cpus_usable": affinity,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "torchvision": torchvision.__version__,
+        "onnx": onnx.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "onnxsim": onnxsim_version,
+        "numpy": numpy.__version__,
+        "git_commit": commit,
+        "git_dirty": dirty,
+    }
+
+
+def _git_state() -> tuple[str | None, bool | None]:
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                                timeout=10).stdout.strip() or None
+        status = subprocess.run(["git", "status", "--porcelain"], cwd=REPO, capture_output=True, text=True,
+                                timeout=10).stdout
+        return commit, bool(status.strip())
+    except (OSError, subprocess.SubprocessError):
+        return None, None
+
+
+# --------------------------------------------------------------------------- 1. compile time
+
+def bench_compile(cfg: dict, work: Path) -> dict:
+    import torch
+    import torchvision
+
+    from splitc.compiler.context import CompileOptions
+    from splitc.compiler.pipeline import compile_model
+
+    spec = f"torchvision.models:{cfg['model']}"
+    split = (cfg["split"],)
+    counter = iter(range(10**6))
+
+    torch.manual_seed(0)
+    start = time.perf_counter()
+    model = getattr(torchvision.models, cfg["model"])().eval()
+    construct_s = time.perf_counter() - start
+    example = torch.randn(*INPUT_SHAPE)
+
+    def bare() -> float:
+        path = work / f"bare{next(counter)}.onnx"
+        gc.collect()
+        start = time.perf_counter()
+        torch.onnx.export(model, (example,), str(path), dynamo=False, opset_version=17)
+        elapsed = time.perf_counter() - start
+        path.unlink()
+        return elapsed
+
+    def compile_(verify: bool) -> tuple[float, dict, dict]:
+        out = work / f"bundle{next(counter)}"
+        options = CompileOptions(targets=TARGETS_2, split=split, verify=verify)
+        gc.collect()
+        start = time.perf_counter()
+        result = compile_model(spec, options, out, input_shapes=[INPUT_SHAPE])
+        elapsed = time.perf_counter() - start
+        timings = dict(result.prepared.ctx.pass_timings)
+        manifest = result.manifest
+        shutil.rmtree(out, ignore_errors=True)
+        return elapsed, timings, manifest
+
+    progress(f"compile: warm-up ({cfg['model']}: bare export, compile, compile with verification)")
+    warm = {"bare_s": bare(), "compile_s": compile_(False)[0], "compile_verify_s": compile_(True)[0]}
+    progress("compile: warm-up done (" + ", ".join(f"{k} {v:.2f}s" for k, v in warm.items()) + ")")
+
+    runs: dict[str, list[float]] = {"bare": [], "compile": [], "compile_verify": []}
+    breakdowns: list[dict] = []
+    manifest: dict = {}
+    kinds = ["bare", "compile", "compile_verify"]
+    for rep in range(cfg["compile_reps"]):
+        order = kinds[rep % 3:] + kinds[:rep % 3]  # rotate so no kind always runs first
+        for kind in order:
+            if kind == "bare":
+                runs["bare"].append(bare())
+            else:
+                elapsed, timings, manifest = compile_(kind == "compile_verify")
+                runs[kind].append(elapsed)
+                if kind == "compile":
+                    breakdowns.append(_breakdown(elapsed, timings))
+        progress(f"compile: repetition {rep + 1}/{cfg['compile_reps']}: bare {runs['bare'][-1]:.2f}s, "
+                 f"compile {runs['compile'][-1]:.2f}s, compile+verify {runs['compile_verify'][-1]:.2f}s")
+
+    bare_med, comp_med, ver_med = (median(runs[k]) for k in kinds)
+    breakdown = {k: median([b[k] for b in breakdowns]) for k in breakdowns[0]}
+    result = {
+        "model": spec,
+        "input_shape": list(INPUT_SHAPE),
+        "targets": list(TARGETS_2),
+        "split": list(split),
+        "partitions": len(manifest.get("partitions", [])),
+        "repetitions": cfg["compile_reps"],
+        "model_construction_s": construct_s,
+        "warmup_s": warm,
+        "bare_export_s": summary(runs["bare"]),
+        "compile_s": summary(runs["compile"]),
+        "compile_verify_s": summary(runs["compile_verify"]),
+        "compile_breakdown_median_s": breakdown,
+        "ratio": comp_med / bare_med,
+        "ratio_verify": ver_med / bare_med,
+        "goal_ratio": GOAL_COMPILE_RATIO,
+        "met": comp_med / bare_med <= GOAL_COMPILE_RATIO,
+    }
+    progress(f"compile: median bare {bare_med:.2f}s, compile {comp_med:.2f}s (x{result['ratio']:.2f}), "
+             f"compile+verify {ver_med:.2f}s (x{result['ratio_verify']:.2f})")
+    return result
+
+
+def _breakdown(total: float, timings: dict) -> dict:
+    """Split a compile's wall time into load+trace+bundle writing, analysis passes, and exports."""
+    export = sum(v for k, v in timings.items() if k.startswith("export."))
+    passes = sum(v for k, v in timings.items() if not k.startswith("export.") and k != "verify")
+    out = {"passes": passes, "export_and_simplify": export,
+           "load_trace_and_write": total - passes - export - timings.get("verify", 0.0)}
+    for name in ("profile", "cut"):
+        out[f"pass.{name}"] = timings.get(name, 0.0)
+    return out
+
+
+# --------------------------------------------------------------------------- 2. split overhead
+
+class _TimedSession:
+    """Wraps an onnxruntime.InferenceSession; remembers how long its last run() took."""
+
+    def __init__(self, session) -> None:
+        self.session = session
+        self.last = 0.0
+
+    def run(self, *args, **kwargs):
+        start = time.perf_counter()
+        result = self.session.run(*args, **kwargs)
+        self.last = time.perf_counter() - start
+        return result
+
+
+def bench_split(cfg: dict, work: Path) -> dict:
+    import numpy as np
+    import onnxruntime as ort
+
+    from splitc.compiler.context import CompileOptions
+    from splitc.compiler.pipeline import compile_model
+    from splitc.runtime_stubs.runner import BundleRunner
+
+    spec = f"torchvision.models:{cfg['model']}"
+    split_dir, mono_dir = work / "split_bundle", work / "mono_bundle"
+    progress(f"split overhead: compiling the 2-tier bundle (split after {cfg['split']}) and the 1-tier bundle")
+    split_res = compile_model(spec, CompileOptions(targets=TARGETS_2, split=(cfg["split"],), verify=False),
+                              split_dir, input_shapes=[INPUT_SHAPE])
+    mono_res = compile_model(spec, CompileOptions(targets=(TARGETS_2[-1],), verify=False), mono_dir,
+                             input_shapes=[INPUT_SHAPE])
+    assert len(split_res.manifest["partitions"]) == 2, "the forced split did not give 2 partitions"
+    assert len(mono_res.manifest["partitions"]) == 1
+
+    runner = BundleRunner(split_dir, threads=THREADS)
+    timed = {index: _TimedSession(session) for index, session in runner.sessions.items()}
+    runner.sessions = timed  # BundleRunner.run_partition calls self.sessions[i].run(...)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = THREADS
+    options.log_severity_level = 3
+    mono_part = mono_res.manifest["partitions"][0]
+    mono = ort.InferenceSession(str(mono_dir / mono_part["file"]), options, providers=["CPUExecutionProvider"])
+    in_name = mono_res.manifest["model"]["inputs"][0]["name"]
+    out_tensor = mono_res.manifest["model"]["outputs"][0]["tensor"]
+    x = np.random.default_rng(0).standard_normal(INPUT_SHAPE).astype(np.float32)
+    feeds = {in_name: x}
+    out_names = [o["name"] for o in mono_part["outputs"]]
+
+    def run_mono() -> tuple[float, np.ndarray]:
+        start = time.perf_counter()
+        result = mono.run(out_names, feeds)
+        return time.perf_counter() - start, result[out_names.index(out_tensor)]
+
+    def run_split() -> tuple[float, float, dict]:
+        start = time.perf_counter()
+        outputs = runner.run({runner.manifest["model"]["inputs"][0]["name"]: x})
+        wall = time.perf_counter() - start
+        return sum(s.last for s in timed.values()), wall, outputs
+
+    progress(f"split overhead: {cfg['warmup_iters']} warm-up + {cfg['iters']} measured requests, "
+             f"monolithic and split interleaved, intra_op_num_threads={THREADS}")
+    for _ in range(cfg["warmup_iters"]):
+        run_mono()
+        run_split()
+    mono_t, comp_t, wall_t, part_t = [], [], [], {i: [] for i in timed}
+    max_diff = 0.0
+    for i in range(cfg["iters"]):
+        order = ("mono", "split") if i % 2 == 0 else ("split", "mono")  # alternate who goes first
+        for kind in order:
+            if kind == "mono":
+                elapsed, mono_out = run_mono()
+                mono_t.append(elapsed)
+            else:
+                compute, wall, outputs = run_split()
+                comp_t.append(compute)
+                wall_t.append(wall)
+                for index, session in timed.items():
+                    part_t[index].append(session.last)
+        split_out = next(iter(outputs.values()))
+        max_diff = max(max_diff, float(np.max(np.abs(split_out - mono_out))))
+
+    mono_med, comp_med, wall_med = median(mono_t), median(comp_t), median(wall_t)
+    transfer = split_res.manifest["transfers"][0]
+    result = {
+        "model": spec,
+        "split": [cfg["split"]],
+        "threads": THREADS,
+        "warmup_iterations": cfg["warmup_iters"],
+        "iterations": cfg["iters"],
+        "transfer_bytes": transfer["bytes"],
+        "monolithic_s": summary(mono_t),
+        "split_compute_s": summary(comp_t),
+        "split_with_codec_s": summary(wall_t),
+        "partition_s": {str(k): summary(v) for k, v in part_t.items()},
+        "ratio_compute": comp_med / mono_med,
+        "ratio_with_codec": wall_med / mono_med,
+        "paired_ratio_compute_median": median([c / m for c, m in zip(comp_t, mono_t)]),
+        "paired_ratio_with_codec_median": median([w / m for w, m in zip(wall_t, mono_t)]),
+        "max_abs_output_diff": max_diff,
+        "goal_ratio": GOAL_SPLIT_OVERHEAD,
+        "met": comp_med / mono_med <= GOAL_SPLIT_OVERHEAD,
+        "met_with_codec": wall_med / mono_med <= GOAL_SPLIT_OVERHEAD,
+    }
+    del runner, mono
+    progress(f"split overhead: median monolithic {mono_med * 1e3:.1f} ms, split compute {comp_med * 1e3:.1f} ms "
+             f"(x{result['ratio_compute']:.3f}), split with encode/decode {wall_med * 1e3:.1f} ms "
+             f"(x{result['ratio_with_codec']:.3f}); outputs differ by at most {max_diff:.2g}")
+    return result
+
+
+# --------------------------------------------------------------------------- 3. planner
+
+def build_chain(n: int):
+    """A torch.fx GraphModule of exactly ``n`` compute nodes, built directly (no tracing).
+
+    Mostly a chain of cheap elementwise ops on a (1, 16, 32, 32) tensor, with a
+    residual ``add`` every fourth node (so some cuts carry two tensors) and an
+    ``avg_pool2d`` halving the spatial size at n/4, n/2 and 3n/4 (so cut sizes and the
+    cost per node vary along the chain, as in a real CNN).
+    """
+    import torch
+    import torch.fx
+    import torch.nn.functional as F
+
+    graph = torch.fx.Graph()
+    x = graph.placeholder("x")
+    prev = skip = x
+    unary = (torch.relu, torch.sigmoid, torch.tanh)
+    pools = {n // 4, n // 2, 3 * n // 4}
+    for i in range(n):
+        if i in pools:
+            prev = skip = graph.call_function(F.avg_pool2d, (prev, 2))
+        elif i % 4 == 3:
+            prev = skip = graph.call_function(torch.add, (prev, skip))
+        else:
+            prev = graph.call_function(unary[i % 3], (prev,))
+    graph.output(prev)
+    return torch.fx.GraphModule(torch.nn.Module(), graph), (1, 16, 32, 32)
+
+
+def bench_planner(cfg: dict) -> dict:
+    from splitc.compiler.context import CompileContext, CompileOptions
+    from splitc.compiler.loader import InputSpec, make_example_inputs
+    from splitc.compiler.pass_manager import PassManager
+    from splitc.passes.candidates import CandidatesPass
+    from splitc.passes.fold_constants import FoldConstantsPass
+    from splitc.passes.fold_static_shapes import FoldStaticShapesPass
+    from splitc.passes.plan import PlanPass
+    from splitc.passes.profile import ProfilePass
+    from splitc.targets.target import TargetRegistry
+
+    n = cfg["chain_nodes"]
+    progress(f"planner: building a {n:,}-node torch.fx chain directly")
+    start = time.perf_counter()
+    gm, shape = build_chain(n)
+    build_s = time.perf_counter() - start
+    registry = TargetRegistry.with_builtins(())
+    specs = [InputSpec("x", shape, "float32")]
+    options = CompileOptions(targets=TARGETS_2, verify=False)
+    ctx = CompileContext(options, registry.resolve_chain(options.targets), specs, make_example_inputs(specs))
+    progress(f"planner: graph built in {build_s:.2f}s; running fold_constants, profile, fold_static_shapes, "
+             "candidates")
+    gm = PassManager([FoldConstantsPass(), ProfilePass(), FoldStaticShapesPass(), CandidatesPass()]).run(gm, ctx)
+    prep = dict(ctx.pass_timings)
+    compute_nodes = len(ctx.candidates.nodes)
+    progress(f"planner: {compute_nodes:,} compute nodes, {len(ctx.candidates.cuts):,} cut candidates; "
+             f"profile {prep['profile']:.2f}s, candidates {prep['candidates']:.3f}s")
+
+    chains = {}
+    for targets in (TARGETS_2, TARGETS_3):
+        opts = dataclasses.replace(options, targets=targets)
+        tctx = dataclasses.replace(ctx, options=opts, tiers=registry.resolve_chain(targets), plan_result=None)
+        times = []
+        for _ in range(cfg["plan_reps"]):
+            gc.collect()
+            start = time.perf_counter()
+            PlanPass().run(gm, tctx)
+            times.append(time.perf_counter() - start)
+        best = tctx.plan_result.best
+        chains[f"{len(targets)}_tiers"] = {
+            "targets": list(targets),
+            "tiers": [t.name for t in tctx.tiers],
+            "plan_s": summary(times),
+            "cuts_after": list(best.after),
+            "predicted_latency_s": best.latency_s,
+            "met": median(times) < GOAL_PLANNER_S,
+        }
+        progress(f"planner: {len(targets)} tiers ({' -> '.join(targets)}): median PlanPass "
+                 f"{median(times) * 1e3:.0f} ms over {len(times)} runs; cuts after {', '.join(map(str, best.after))}")
+    return {
+        "compute_nodes": compute_nodes,
+        "cut_candidates": len(ctx.candidates.cuts),
+        "input_shape": list(shape),
+        "graph_build_s": build_s,
+        "pass_s": prep,
+        "repetitions": cfg["plan_reps"],
+        "chains": chains,
+        "goal_s": GOAL_PLANNER_S,
+        "met": all(c["met"] for c in chains.values()),
+    }
+
+
+# --------------------------------------------------------------------------- report
+
+def _status(met: bool) -> str:
+    return "met" if met else "**not met**"
+
+
+def format_table(res: dict) -> str:
+    m, c, s, p = res["machine"], res["compile"], res["split_overhead"], res["planner"]
+    model = c["model"].split(":")[-1]
+    rows = [
+        ("Bare `torch.onnx.export` (whole model, TorchScript, opset 17)", f"{c['bare_export_s']['median']:.2f} s", "", ""),
+        (f"`compile_model` 2 tiers, forced split, no verify ({c['partitions']} partitions)",
+         f"{c['compile_s']['median']:.2f} s", "", ""),
+        ("**Compile / bare export**", f"**{c['ratio']:.2f}x**", f"<= {c['goal_ratio']:g}x", _status(c["met"])),
+        ("`compile_model` with verification", f"{c['compile_verify_s']['median']:.2f} s", "", ""),
+        ("Compile with verification / bare export", f"{c['ratio_verify']:.2f}x", "(info)", ""),
+        ("Monolithic ONNX latency (1 session)", f"{s['monolithic_s']['median'] * 1e3:.1f} ms", "", ""),
+        ("Split latency, compute only (part0 + part1 session.run)",
+         f"{s['split_compute_s']['median'] * 1e3:.1f} ms", "", ""),
+        ("**Split overhead, compute only**", f"**{s['ratio_compute']:.3f}x**", f"<= {s['goal_ratio']:g}x",
+         _status(s["met"])),
+        ("Split latency with in-process encode/decode (`BundleRunner.run`)",
+         f"{s['split_with_codec_s']['median'] * 1e3:.1f} ms", "", ""),
+        ("Split overhead with encode/decode", f"{s['ratio_with_codec']:.3f}x", f"<= {s['goal_ratio']:g}x",
+         _status(s["met_with_codec"])),
+    ]
+    for key, chain in p["chains"].items():
+        rows.append((f"**`PlanPass` on {p['compute_nodes']:,}-node chain, {len(chain['targets'])} tiers**",
+                     f"**{chain['plan_s']['median'] * 1e3:.0f} ms**", f"< {p['goal_s']:g} s", _status(chain["met"])))
+    rows.append((f"`ProfilePass` on the {p['compute_nodes']:,}-node chain", f"{p['pass_s']['profile']:.2f} s",
+                 "(info)", ""))
+    lines = [
+        f"splitc benchmarks ({'quick' if res['quick'] else 'full'}), {m['date']}",
+        f"machine: {m['cpu_model']}, {m['cpus_usable']} usable / {m['cpu_count']} CPUs; torch {m['torch']}, "
+        f"onnxruntime {m['onnxruntime']}, onnx {m['onnx']}, onnxsim {m['onnxsim']}, python {m['python']}",
+        f"model: {model} {'x'.join(map(str, c['input_shape']))}, split after {c['split'][0]}; compile: median of "
+        f"{c['repetitions']} interleaved runs; latency: median of {s['iterations']} interleaved requests "
+        f"({s['warmup_iterations']} warm-up), {s['threads']} intra-op threads",
+        "",
+        "| Figure | Value | Goal | Status |",
+        "|---|---:|---|---|",
+    ]
+    lines += [f"| {a} | {b} | {g} | {st} |" for a, b, g, st in rows]
+    bd = c["compile_breakdown_median_s"]
+    lines += ["", f"compile breakdown (median, s): load+trace+write {bd['load_trace_and_write']:.2f}, "
+              f"passes {bd['passes']:.2f} (profile {bd['pass.profile']:.2f}, cut {bd['pass.cut']:.2f}), "
+              f"export+onnxsim {bd['export_and_simplify']:.2f}; model construction alone "
+              f"{c['model_construction_s']:.2f}"]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="smoke run: resnet18, fewer repetitions (< 60 s)")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"JSON file to write (default {DEFAULT_OUT})")
+    args = parser.parse_args(argv)
+    cfg = dict(QUICK if args.quick else FULL)
+
+    warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=UserWarning, module="torch")
+
+    progress(f"splitc benchmarks ({'quick' if args.quick else 'full'}): importing torch, onnx, onnxruntime")
+    machine = machine_info()
+    progress(f"machine: {machine['cpu_model']}, {machine['cpus_usable']} usable CPUs, torch {machine['torch']}, "
+             f"onnxruntime {machine['onnxruntime']}, onnx {machine['onnx']}")
+    results: dict = {"schema_version": 1, "quick": args.quick,
+                     "command": " ".join(["python", "benchmarks/run.py"] + (argv if argv is not None else sys.argv[1:])),
+                     "config": cfg, "machine": machine}
+    with tempfile.TemporaryDirectory(prefix="splitc-bench-") as tmp:
+        work = Path(tmp)
+        progress("step 1/3: compile time")
+        results["compile"] = bench_compile(cfg, work)
+        progress("step 2/3: split overhead")
+        results["split_overhead"] = bench_split(cfg, work)
+    progress("step 3/3: planner time")
+    results["planner"] = bench_planner(cfg)
+    results["duration_s"] = time.perf_counter() - _T0
+    results["goals"] = {
+        "compile_ratio_le_2x": results["compile"]["met"],
+        "split_overhead_le_1_05x_compute": results["split_overhead"]["met"],
+        "split_overhead_le_1_05x_with_codec": results["split_overhead"]["met_with_codec"],
+        "planner_10k_lt_1s": results["planner"]["met"],
+    }
+    table = format_table(results)
+    results["table_markdown"] = table
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    progress(f"done in {results['duration_s']:.0f}s; wrote {args.out}")
+    print()
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,31 @@
+"""Shared fixtures: tiny models, traced and profiled, and their compile contexts."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+
+from splitc.compiler.context import CompileContext, CompileOptions
+from splitc.compiler.loader import InputSpec, make_example_inputs
+from splitc.targets.target import TargetRegistry
+
+torch.set_num_threads(2)
+
+
+def make_context(shapes, targets=("jetson", "cloud-gpu"), names=None, **options) -> CompileContext:
+    """A compile context for inputs of ``shapes`` (named ``names``) on the built-in ``targets``."""
+    names = names or [f"in{i}" for i in range(len(shapes))]
+    specs = [InputSpec(name, tuple(s)) for name, s in zip(names, shapes)]
+    tiers = TargetRegistry.with_builtins().resolve_chain(list(targets))
+    return CompileContext(CompileOptions(targets=tuple(targets), **options), tiers, specs, make_example_inputs(specs))
+
+
+@pytest.fixture(autouse=True)
+def _splitc_logs_propagate():
+    """The CLI detaches the 'splitc' logger from root; re-attach it so caplog sees records."""
+    logger = logging.getLogger("splitc")
+    yield
+    logger.handlers[:] = []
+    logger.propagate = True
