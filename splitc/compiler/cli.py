@@ -84,7 +84,7 @@ def cli() -> None:
 
 @cli.command()
 @_model_options
-@click.option("-o", "--output", "out", required=True, type=click.Path(file_okay=False), help="Bundle folder to write.")
+@click.option("-o", "--output", "out", required=True, type=click.Path(), help="Bundle folder to write.")
 @click.option("--opset", default=17, show_default=True, help="ONNX opset of every partition (>= 17).")
 @click.option("--no-simplify", is_flag=True, help="Skip onnxsim.")
 @click.option("--no-verify", is_flag=True, help="Skip running the bundle in ONNX Runtime against PyTorch.")

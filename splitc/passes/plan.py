@@ -106,6 +106,8 @@ class PlanPass(Pass):
         names = [t.name for t in ctx.tiers]
         if len(ctx.tiers) == 1:
             best, ranking, alternatives, forced = choice(problem, candidates, ()), [], [], False
+            if best.memory_bytes[0] > problem.memory[0]:
+                raise _memory_error(problem, ctx.tiers)
         elif ctx.options.split:
             cuts = forced_cuts(ctx.options.split, candidates, problem, ctx.tiers)
             best, ranking, alternatives, forced = choice(problem, candidates, cuts), [], [], True

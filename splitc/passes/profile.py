@@ -31,7 +31,8 @@ from typing import Any
 import torch
 import torch.fx
 from torch import nn
-from torch.fx.passes.shape_prop import ShapeProp
+from torch.fx.node import map_aggregate
+from torch.fx.passes.shape_prop import ShapeProp, _extract_tensor_metadata
 from torch.utils.flop_counter import FlopCounterMode
 
 from splitc.compiler.pass_manager import Pass, PassResult
@@ -115,14 +116,24 @@ def _numel(value: Any) -> int:
 
 
 class _Profiler(ShapeProp):
-    """ShapeProp that also counts FLOPs and bytes around every node."""
+    """ShapeProp that also counts FLOPs and bytes around every node.
+
+    ``ShapeProp.run_node`` prints a traceback to stderr before re-raising any error,
+    which would break our one-line user errors (a wrong --input-shape fails here), so
+    nodes run through the plain Interpreter and ``tensor_meta`` is written with
+    ShapeProp's own extractor.
+    """
 
     def run_node(self, n: torch.fx.Node) -> Any:
         with FlopCounterMode(display=False) as counter:
             try:
-                result = super().run_node(n)
+                result = torch.fx.Interpreter.run_node(self, n)
             except Exception as exc:
                 raise _NodeFailure(n, exc) from exc
+        meta = map_aggregate(result, lambda v: _extract_tensor_metadata(v) if isinstance(v, torch.Tensor) else v)
+        if _contains_tensor(result):
+            n.meta["tensor_meta"] = meta
+        n.meta["type"] = type(result)
         args, kwargs = self.fetch_args_kwargs_from_env(n)
         name = op_name(n, self.module)
         op_class = classify(name)
