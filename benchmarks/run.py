@@ -47,6 +47,7 @@ QUICK = dict(model="resnet18", split="layer3_1_relu_1", compile_reps=2, warmup_i
 INPUT_SHAPE = (1, 3, 224, 224)
 TARGETS_2 = ("jetson", "cloud-gpu")
 TARGETS_3 = ("jetson", "edge", "cloud-gpu")
+CONTENTION_THRESHOLD = 0.10  # other processes' CPU share above which the run is flagged as contended
 THREADS = 2  # ONNX Runtime intra-op threads, identical for the monolithic and the split side
 
 _T0 = time.perf_counter()
@@ -54,6 +55,45 @@ _T0 = time.perf_counter()
 
 def progress(message: str) -> None:
     print(f"[{time.perf_counter() - _T0:6.1f}s] {message}", flush=True)
+
+
+def load_average() -> list[float] | None:
+    """1, 5 and 15-minute load averages: above the usable CPU count, something else competed for the CPU."""
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        return None
+
+
+class CpuMeter:
+    """Share of the machine's CPU time used by *other* processes while a step ran.
+
+    Reads /proc/stat (all CPUs' busy time) and subtracts this process's own CPU time
+    (os.times); what is left was used by something else competing with the benchmark.
+    0 = quiet machine; 0.5 on 2 cores = another process kept one core busy.
+    """
+
+    def __init__(self) -> None:
+        self.start = self._sample()
+
+    @staticmethod
+    def _sample():
+        try:
+            with open("/proc/stat", encoding="utf-8") as handle:
+                fields = [int(v) for v in handle.readline().split()[1:]]
+        except (OSError, ValueError):
+            return None
+        busy = sum(fields) - fields[3] - (fields[4] if len(fields) > 4 else 0)  # minus idle and iowait
+        own = os.times()
+        return time.perf_counter(), busy / os.sysconf("SC_CLK_TCK"), own.user + own.system
+
+    def other_share(self) -> float | None:
+        end = self._sample()
+        if self.start is None or end is None:
+            return None
+        wall, busy, own = (b - a for a, b in zip(self.start, end))
+        cpus = os.cpu_count() or 1  # /proc/stat's first line sums every CPU of the machine
+        return round(max(0.0, (busy - own) / (wall * cpus)), 3) if wall > 0 else None
 
 
 def median(values: list[float]) -> float:
@@ -94,6 +134,7 @@ def machine_info() -> dict:
         affinity = os.cpu_count()
     commit, dirty = _git_state()
     return {
+        "load_average_at_start": load_average(),
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "cpu_model": cpu_model,
         "cpu_count": os.cpu_count(),
@@ -335,7 +376,7 @@ def bench_split(cfg: dict, work: Path) -> dict:
 def build_chain(n: int):
     """A torch.fx GraphModule of exactly ``n`` compute nodes, built directly (no tracing).
 
-    Mostly a chain of cheap elementwise ops on a (1, 16, 32, 32) tensor, with a
+    Mostly a chain of cheap elementwise ops on a (1, 8, 16, 16) tensor, with a
     residual ``add`` every fourth node (so some cuts carry two tensors) and an
     ``avg_pool2d`` halving the spatial size at n/4, n/2 and 3n/4 (so cut sizes and the
     cost per node vary along the chain, as in a real CNN).
@@ -357,7 +398,7 @@ def build_chain(n: int):
         else:
             prev = graph.call_function(unary[i % 3], (prev,))
     graph.output(prev)
-    return torch.fx.GraphModule(torch.nn.Module(), graph), (1, 16, 32, 32)
+    return torch.fx.GraphModule(torch.nn.Module(), graph), (1, 8, 16, 16)
 
 
 def bench_planner(cfg: dict) -> dict:
@@ -428,6 +469,10 @@ def _status(met: bool) -> str:
     return "met" if met else "**not met**"
 
 
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.0%}"
+
+
 def format_table(res: dict) -> str:
     m, c, s, p = res["machine"], res["compile"], res["split_overhead"], res["planner"]
     model = c["model"].split(":")[-1]
@@ -460,6 +505,10 @@ def format_table(res: dict) -> str:
         f"model: {model} {'x'.join(map(str, c['input_shape']))}, split after {c['split'][0]}; compile: median of "
         f"{c['repetitions']} interleaved runs; latency: median of {s['iterations']} interleaved requests "
         f"({s['warmup_iterations']} warm-up), {s['threads']} intra-op threads",
+        "CPU used by other processes during the run: "
+        + ", ".join(f"{name} {_pct(res[key]['other_processes_cpu_share'])}" for name, key in
+                    (("compile", "compile"), ("latency", "split_overhead"), ("planner", "planner")))
+        + (" -- WARNING: machine was contended, timings inflated" if res.get("contended") else " (quiet)"),
         "",
         "| Figure | Value | Goal | Status |",
         "|---|---:|---|---|",
@@ -471,6 +520,14 @@ def format_table(res: dict) -> str:
               f"export+onnxsim {bd['export_and_simplify']:.2f}; model construction alone "
               f"{c['model_construction_s']:.2f}"]
     return "\n".join(lines)
+
+
+def _metered(step, *args) -> dict:
+    meter = CpuMeter()
+    result = step(*args)
+    result["other_processes_cpu_share"] = meter.other_share()
+    result["load_average_after"] = load_average()
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -495,11 +552,16 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="splitc-bench-") as tmp:
         work = Path(tmp)
         progress("step 1/3: compile time")
-        results["compile"] = bench_compile(cfg, work)
+        results["compile"] = _metered(bench_compile, cfg, work)
         progress("step 2/3: split overhead")
-        results["split_overhead"] = bench_split(cfg, work)
+        results["split_overhead"] = _metered(bench_split, cfg, work)
     progress("step 3/3: planner time")
-    results["planner"] = bench_planner(cfg)
+    results["planner"] = _metered(bench_planner, cfg)
+    shares = [results[k]["other_processes_cpu_share"] for k in ("compile", "split_overhead", "planner")]
+    results["contended"] = any(v is not None and v > CONTENTION_THRESHOLD for v in shares)
+    if results["contended"]:
+        progress(f"WARNING: other processes used up to {max(v for v in shares if v is not None):.0%} of the CPU "
+                 "during the run; timings are inflated and noisy -- rerun on a quiet machine")
     results["duration_s"] = time.perf_counter() - _T0
     results["goals"] = {
         "compile_ratio_le_2x": results["compile"]["met"],
