@@ -151,3 +151,20 @@ INPUT_SHAPES: dict[type, list[tuple[int, ...]]] = {
     Chain: [IMAGE], Residual: [IMAGE], BranchConcat: [IMAGE], MultiOutput: [IMAGE], UsesShape: [IMAGE],
     TwoInputs: [(2, 8), (2, 4)], Attention: [(1, 5, 6)],
 }
+
+
+class InPlace(nn.Module):
+    """In-place activations (torchvision Inception's BasicConv2d does this): a cut right before one
+    must not let the downstream in-place op corrupt the tensor that crossed the wire."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.nn.functional.relu(self.conv(x), inplace=True)
+        return self.fc(y.mean(dim=(2, 3)))
+
+
+INPUT_SHAPES[InPlace] = [IMAGE]

@@ -127,7 +127,7 @@ def verify_bundle(bundle: str | Path, module: torch.nn.Module | None = None, inp
     passed = True
     for case in cases:
         with torch.no_grad():
-            expected, _ = torch.utils._pytree.tree_flatten(module(*[torch.from_numpy(a) for a in case]))
+            expected, _ = torch.utils._pytree.tree_flatten(module(*[torch.tensor(a) for a in case]))  # copies
         got = runner.run({s.name: a for s, a in zip(specs, case)})
         pairs = [(o["name"], got[o["name"]], w.detach().numpy()) for o, w in zip(manifest["model"]["outputs"], expected)]
         if boundary_reference is not None:

@@ -116,14 +116,18 @@ def run_partitions(partitions: list[Partition], input_names: list[str], inputs: 
                    record_inputs: bool = False) -> dict[str, torch.Tensor]:
     """Run the partitions in chain order in PyTorch; returns every named value produced.
 
+    Each partition gets its own copies of its inputs: a model may modify a tensor in
+    place (``F.relu(x, inplace=True)``) where, unsplit, nothing else read it; after a
+    cut the upstream value is still held (it went on the wire) and must stay intact.
+
     Args:
         record_inputs: store the values each partition sees as its ``example_inputs``.
     """
     values = dict(zip(input_names, inputs))
     for part in partitions:
-        args = [values[name] for name in part.inputs]
+        args = [values[name].clone() for name in part.inputs]
         if record_inputs:
-            part.example_inputs = args
+            part.example_inputs = [a.clone() for a in args]
         values.update(zip(part.outputs, part.graph_module(*args)))
     return values
 
@@ -154,7 +158,7 @@ class CutPass(Pass):
 
 
 def _check_composition(gm, values: dict[str, torch.Tensor], example_inputs) -> None:
-    flat_expected, _ = torch.utils._pytree.tree_flatten(gm(*example_inputs))
+    flat_expected, _ = torch.utils._pytree.tree_flatten(gm(*[x.clone() for x in example_inputs]))
     for name, want in zip(model_output_names(gm), flat_expected):
         got = values[name]
         if not torch.allclose(got, want, rtol=1e-5, atol=1e-6, equal_nan=True):

@@ -230,7 +230,7 @@ class ProfilePass(Pass):
     def run(self, gm, ctx) -> PassResult:
         with torch.no_grad():
             try:
-                _Profiler(gm).propagate(*ctx.example_inputs)
+                _Profiler(gm).propagate(*[x.clone() for x in ctx.example_inputs])  # the model may write in place
             except _NodeFailure as failure:
                 raise _input_error(failure, ctx) from None
         folded = _mark_foldable_batchnorms(gm)

@@ -199,3 +199,14 @@ def test_recompile_replaces_existing_bundle(residual_pt, tmp_path, capsys):
         assert code == 0, err
     assert json.loads((out / "manifest.json").read_text())["verification"] is None
     assert [p.name for p in tmp_path.iterdir()] == ["b"]
+
+
+def test_in_place_op_after_cut_does_not_corrupt_wire_reference(tmp_path):
+    """Verification compares each wire tensor with PyTorch's; the reference must survive in-place ops."""
+    from splitc.compiler.context import CompileOptions
+    from splitc.compiler.pipeline import compile_model
+
+    result = compile_model("tests.models:InPlace", CompileOptions(targets=("jetson", "cloud-gpu"), split=("conv",)),
+                           tmp_path / "b", input_shapes=[(1, 3, 8, 8)])
+    assert result.manifest["verification"]["passed"]
+    assert result.manifest["transfers"][0]["tensors"][0]["name"] == "conv"
