@@ -25,7 +25,7 @@ Commands::
 
     . .venv/bin/activate && python benchmarks/gpu/measure_h100.py predict
     PYTHONPATH=$PWD python benchmarks/gpu/measure_h100.py measure --out $OUT   # on the GPU
-    python benchmarks/gpu/measure_h100.py compare --measured <dir>/measured.json
+    python benchmarks/gpu/measure_h100.py compare --measured run1/measured.json [run2/measured.json ...]
 """
 
 from __future__ import annotations
@@ -421,33 +421,45 @@ def cmd_measure(args: argparse.Namespace) -> None:
         shape = result["partitions"][name]["boundary_shape"]
         return [torch.randn(shape, device=device, dtype=dtype)]
 
-    # eager and eager-as-CUDA-graph
-    for cfg, dtype, tf32 in configs:
-        if device != "cuda" and cfg != "fp32":
-            continue
-        if device == "cuda":
-            torch.backends.cudnn.allow_tf32 = tf32
-        for name, (mod, _) in parts.items():
-            m = mod.to(device, dtype)
-            inp = inputs_for(name, dtype)
-            rec = result["partitions"][name].setdefault(cfg, {})
-            with torch.inference_mode():
-                try:
-                    rec["eager"] = timer(lambda: m(*inp))
-                except Exception as err:  # noqa: BLE001
-                    result["errors"].append(f"{cfg} {name} eager: {err!r}")
-                if device == "cuda":
+    # eager and eager-as-CUDA-graph; --repeats rounds, interleaving configs and partitions
+    # (eager is CPU-bound, so its medians drift with the host's state: one round is noisy)
+    reps: dict = {}
+    for rnd in range(args.repeats):
+        for cfg, dtype, tf32 in configs:
+            if device != "cuda" and cfg != "fp32":
+                continue
+            if device == "cuda":
+                torch.backends.cudnn.allow_tf32 = tf32
+            items = list(parts.items())
+            for name, (mod, _) in (items if rnd % 2 == 0 else items[::-1]):
+                m = mod.to(device, dtype)
+                inp = inputs_for(name, dtype)
+                rec = result["partitions"][name].setdefault(cfg, {})
+                got = {}
+                with torch.inference_mode():
                     try:
-                        rec["cuda_graph"] = timer(cuda_graph_fn(torch, m, inp))
+                        got["eager"] = timer(lambda: m(*inp))
                     except Exception as err:  # noqa: BLE001
-                        result["errors"].append(f"{cfg} {name} cuda_graph: {err!r}")
-                    if cfg == "fp32":
+                        result["errors"].append(f"{cfg} {name} eager: {err!r}")
+                    if device == "cuda":
                         try:
-                            rec["eager_profile"] = count_kernels(torch, lambda: m(*inp))
+                            got["cuda_graph"] = timer(cuda_graph_fn(torch, m, inp))
                         except Exception as err:  # noqa: BLE001
-                            result["errors"].append(f"{cfg} {name} profile: {err!r}")
-            print(cfg, name, {k: v.get("median_ms", v) for k, v in rec.items()}, flush=True)
-        save()
+                            result["errors"].append(f"{cfg} {name} cuda_graph: {err!r}")
+                        if cfg == "fp32" and rnd == 0:
+                            try:
+                                rec["eager_profile"] = count_kernels(torch, lambda: m(*inp))
+                            except Exception as err:  # noqa: BLE001
+                                result["errors"].append(f"{cfg} {name} profile: {err!r}")
+                for mode, t in got.items():
+                    lst = reps.setdefault((name, cfg, mode), [])
+                    lst.append(t)
+                    rec[mode] = {"median_ms": statistics.median(x["median_ms"] for x in lst),
+                                 "min_ms": min(x["min_ms"] for x in lst), "max_ms": max(x["max_ms"] for x in lst),
+                                 "runs": RUNS, "rounds": len(lst),
+                                 "round_medians_ms": [round(x["median_ms"], 4) for x in lst]}
+                print(rnd, cfg, name, {k: round(v["median_ms"], 3) for k, v in got.items()}, flush=True)
+            save()
     if device == "cuda":
         torch.backends.cudnn.allow_tf32 = True
 
@@ -513,24 +525,55 @@ def _f(x, nd=3):
     return "–" if x is None else f"{x:.{nd}f}"
 
 
+def _merge(files: list[Path]) -> dict:
+    """Pool several ``measured.json``: per (partition, config, mode) the round medians of all
+    files (a file without rounds counts as one round); median, min and max of those."""
+    runs = [json.loads(f.read_text()) for f in files]
+    merged = {"env": runs[0]["env"], "files": [str(f) for f in files], "partitions": {},
+              "errors": sum((r.get("errors", []) for r in runs), []),
+              "measurement": {"warmup": runs[0]["warmup"], "runs_per_round": runs[0]["runs"],
+                              "timing": runs[0]["timing"]}}
+    for r in runs:
+        for name, part in r["partitions"].items():
+            dst = merged["partitions"].setdefault(name, {k: v for k, v in part.items() if not isinstance(v, dict)})
+            for cfg, modes in part.items():
+                if not isinstance(modes, dict):
+                    continue
+                for mode, v in modes.items():
+                    slot = dst.setdefault(cfg, {})
+                    if not isinstance(v, dict) or "median_ms" not in v:
+                        slot.setdefault(mode, v)
+                        continue
+                    pool = slot.setdefault(mode, {"round_medians_ms": []})
+                    pool["round_medians_ms"] += v.get("round_medians_ms") or [round(v["median_ms"], 4)]
+                    rm = pool["round_medians_ms"]
+                    pool.update(median_ms=statistics.median(rm), lo_ms=min(rm), hi_ms=max(rm), rounds=len(rm))
+    return merged
+
+
+def _f(x, nd=3):
+    return "–" if x is None else f"{x:.{nd}f}"
+
+
 def cmd_compare(args: argparse.Namespace) -> None:
     pred = json.loads((HERE / "predictions.json").read_text())
-    meas = json.loads(Path(args.measured).read_text())
+    meas = _merge([Path(f) for f in args.measured])
     shared = json.loads(SHARED.read_text()) if SHARED.exists() else None
     pn = pred["per_node"]
     names = ["whole"] + [f"after_{c}" for c in CUTS]
 
-    def m(name, cfg, mode):
+    def m(name, cfg, mode, key="median_ms"):
         r = meas["partitions"].get(name, {}).get(cfg, {}).get(mode)
-        return r["median_ms"] if r else None
+        return r[key] if r else None
 
     rows = []
     for name in names:
         p = pred["partitions"][name]
         mp = meas["partitions"][name]
         k = p["cut_index"]
+        assert mp["cut_index"] == k and mp["crossing"] == p["crossing"], (name, mp, p)
         row = {"partition": name, "nodes": p["nodes"], "crossing": p["crossing"],
-               "measured_crossing": mp.get("crossing"),
+               "crossing_bytes_fp32": p["crossing_bytes"],
                "pred_trt_ms": p["trt_fp32_s"] * 1e3, "pred_eager_ms": p["eager_fp32_s"] * 1e3,
                "pred_eager_unfolded_ms": p["eager_unfolded_fp32_s"] * 1e3,
                "pred_trt_fp16_ms": p["trt_fp16_s"] * 1e3,
@@ -540,60 +583,85 @@ def cmd_compare(args: argparse.Namespace) -> None:
         for cfg in ("fp32", "fp32_notf32", "fp16"):
             for mode in ("eager", "cuda_graph", "compiled", "compiled_cuda_graph"):
                 row[f"meas_{cfg}_{mode}_ms"] = m(name, cfg, mode)
+                if mode in ("eager", "compiled") and m(name, cfg, mode) is not None:
+                    row[f"meas_{cfg}_{mode}_range_ms"] = [m(name, cfg, mode, "lo_ms"), m(name, cfg, mode, "hi_ms")]
+                    row[f"meas_{cfg}_{mode}_rounds"] = m(name, cfg, mode, "rounds")
         prof = mp.get("fp32", {}).get("eager_profile") or {}
         row["meas_fp32_eager_cuda_kernels"] = prof.get("kernels")
         row["meas_fp32_eager_gpu_busy_ms"] = prof.get("gpu_busy_ms")
         cprof = mp.get("fp32", {}).get("compiled_profile") or {}
         row["meas_fp32_compiled_cuda_kernels"] = cprof.get("kernels")
-        e, g = row["meas_fp32_eager_ms"], row["meas_fp32_cuda_graph_ms"]
-        row["ratio_eager_over_pred_trt"] = e / row["pred_trt_ms"] if e else None
-        row["ratio_eager_over_pred_eager"] = e / row["pred_eager_ms"] if e else None
-        row["ratio_eager_over_pred_eager_unfolded"] = e / row["pred_eager_unfolded_ms"] if e else None
-        best_fused = row["meas_fp32_compiled_cuda_graph_ms"] or row["meas_fp32_compiled_ms"]
-        row["ratio_compiled_over_pred_trt"] = best_fused / row["pred_trt_ms"] if best_fused else None
-        # overhead per costed node that would make the model match the measurement exactly
-        if e:
-            row["fit_eager_overhead_us"] = (e - row["roofline_eager_unfolded_ms"]) / p["eager_unfolded_kernel"] * 1e3
-        if g:
-            row["fit_graph_overhead_us_eager_kernels"] = (g - row["roofline_eager_unfolded_ms"]) / p["eager_unfolded_kernel"] * 1e3
-        if best_fused:
-            row["fit_trt_overhead_us"] = (best_fused - row["roofline_trt_ms"]) / p["trt_kernel"] * 1e3
+        row["meas_fp32_compiled_gpu_busy_ms"] = cprof.get("gpu_busy_ms")
+        e, g, cg = row["meas_fp32_eager_ms"], row["meas_fp32_cuda_graph_ms"], row["meas_fp32_compiled_cuda_graph_ms"]
+        row["ratio_eager_over_pred_trt"] = e / row["pred_trt_ms"]
+        row["ratio_eager_over_pred_eager"] = e / row["pred_eager_ms"]
+        row["ratio_eager_over_pred_eager_unfolded"] = e / row["pred_eager_unfolded_ms"]
+        row["ratio_compiled_graph_over_pred_trt"] = cg / row["pred_trt_ms"] if cg else None
+        row["ratio_eager_graph_over_pred_trt"] = g / row["pred_trt_ms"]
+        # op_overhead that would make each prediction equal the measurement (roofline kept)
+        ke, kt = p["eager_unfolded_kernel"], p["trt_kernel"]
+        row["fit_eager_overhead_us"] = (e - row["roofline_eager_unfolded_ms"]) / ke * 1e3
+        row["fit_eager_overhead_range_us"] = [(x - row["roofline_eager_unfolded_ms"]) / ke * 1e3
+                                              for x in row["meas_fp32_eager_range_ms"]]
+        row["fit_eager_graph_overhead_us"] = (g - row["roofline_eager_unfolded_ms"]) / ke * 1e3
+        if cg:
+            row["fit_trt_overhead_us_vs_compiled_graph"] = (cg - row["roofline_trt_ms"]) / kt * 1e3
         if shared:
             sn = [x for x in shared["resnet50_nodes"] if x["dtype"] == "float32"]
             if [x["node"] for x in sn] == pn["name"]:
                 row["shared_sum_isolated_nodes_fp32_ms"] = sum(x["ms"] for x in sn[k:])
         rows.append(row)
-    res = {"device": meas["env"], "measurement": {k: meas[k] for k in ("warmup", "runs", "timing", "elapsed_s")},
-           "errors": meas.get("errors", []), "targets": pred["variants"], "rows": rows}
+
+    def lsq(meas_key, roof_key, kern_key):
+        """One overhead for all partitions but the last (2 nodes: too small to weigh), least squares."""
+        rs = [r for r in rows if r.get(meas_key) is not None and r["partition"] != f"after_{CUTS[-1]}"]
+        num = sum(r[kern_key] * (r[meas_key] - r[roof_key]) for r in rs)
+        return num / sum(r[kern_key] ** 2 for r in rs) * 1e3 if rs else None
+
+    fits = {"eager_overhead_us_bn_charged": lsq("meas_fp32_eager_ms", "roofline_eager_unfolded_ms",
+                                               "kernels_eager_unfolded_model"),
+            "eager_cuda_graph_overhead_us_bn_charged": lsq("meas_fp32_cuda_graph_ms", "roofline_eager_unfolded_ms",
+                                                           "kernels_eager_unfolded_model"),
+            "trt_overhead_us_vs_compiled_cuda_graph": lsq("meas_fp32_compiled_cuda_graph_ms", "roofline_trt_ms",
+                                                          "kernels_trt_model"),
+            "note": "least-squares op_overhead over whole + first three suffixes, keeping each target's roofline "
+                    "(efficiencies) as is; fp32 with cuDNN TF32 on"}
+    res = {"device": meas["env"], "measurement": meas["measurement"], "measured_files": meas["files"],
+           "errors": meas["errors"], "targets": pred["variants"], "fits": fits, "rows": rows}
     if shared:
         res["shared_reference"] = {"file": str(SHARED), "torch": shared["torch"], "device": shared["device"],
-                                   **{k: v for k, v in shared["models"]["resnet50"].items()}}
+                                   **shared["models"]["resnet50"]}
     (HERE / "results.json").write_text(json.dumps(res, indent=1) + "\n")
 
-    short = {"whole": "whole model"} | {f"after_{c}": f"after {c}" for c in CUTS}
-    print("| partition (fp32, b1) | nodes | pred TRT target | pred eager target (BN folded) | pred eager, BN charged "
-          "| meas eager | meas eager CUDA graph | meas compiled | meas compiled + CUDA graph | eager / pred TRT "
-          "| eager / pred eager | compiled+graph / pred TRT |")
+    short = {"whole": "whole model"} | {f"after_{c}": f"after `{c}`" for c in CUTS}
+    print("| fp32, batch 1 | nodes | pred `cloud-gpu-h100` (TRT) | pred `h100-torch-eager` | pred eager, BN charged "
+          "| meas eager: median [range of rounds] | meas eager CUDA graph | meas compiled | meas compiled + CUDA graph "
+          "| eager / pred eager | eager / pred eager BN charged | compiled+graph / pred TRT |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
-        ratio_c = r["ratio_compiled_over_pred_trt"]
+        lo, hi = r["meas_fp32_eager_range_ms"]
+        rc = r["ratio_compiled_graph_over_pred_trt"]
         print(f"| {short[r['partition']]} | {r['nodes']} | {_f(r['pred_trt_ms'])} | {_f(r['pred_eager_ms'])} "
-              f"| {_f(r['pred_eager_unfolded_ms'])} | {_f(r['meas_fp32_eager_ms'])} | {_f(r['meas_fp32_cuda_graph_ms'])} "
-              f"| {_f(r['meas_fp32_compiled_ms'])} | {_f(r['meas_fp32_compiled_cuda_graph_ms'])} "
-              f"| {_f(r['ratio_eager_over_pred_trt'], 1)}x | {_f(r['ratio_eager_over_pred_eager'], 2)}x "
-              f"| {_f(ratio_c, 2) + 'x' if ratio_c else '–'} |")
+              f"| {_f(r['pred_eager_unfolded_ms'])} | {_f(r['meas_fp32_eager_ms'])} [{_f(lo)}–{_f(hi)}] "
+              f"| {_f(r['meas_fp32_cuda_graph_ms'])} | {_f(r['meas_fp32_compiled_ms'])} "
+              f"| {_f(r['meas_fp32_compiled_cuda_graph_ms'])} | {_f(r['ratio_eager_over_pred_eager'], 2)} "
+              f"| {_f(r['ratio_eager_over_pred_eager_unfolded'], 2)} | {_f(rc, 2)} |")
     print()
-    print("| partition | fp32 TF32 off: eager / CUDA graph | fp16: eager / CUDA graph / compiled / compiled+graph "
-          "| pred TRT fp16 | CUDA kernels eager (fp32) | GPU busy eager fp32 | kernels compiled | "
-          "fitted overhead/node eager | fitted overhead/kernel TRT model |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("| partition | fp32 TF32 off: eager / CUDA graph | fp16 meas: eager / CUDA graph / compiled / compiled+graph "
+          "| fp16 pred TRT | CUDA kernels eager / compiled (fp32) | GPU busy eager / compiled (fp32) "
+          "| fitted overhead/node, eager (BN charged) | fitted overhead/kernel, TRT model vs compiled+graph |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
+        lo, hi = r["fit_eager_overhead_range_us"]
         print(f"| {short[r['partition']]} | {_f(r['meas_fp32_notf32_eager_ms'])} / {_f(r['meas_fp32_notf32_cuda_graph_ms'])} "
               f"| {_f(r['meas_fp16_eager_ms'])} / {_f(r['meas_fp16_cuda_graph_ms'])} / {_f(r['meas_fp16_compiled_ms'])} "
               f"/ {_f(r['meas_fp16_compiled_cuda_graph_ms'])} | {_f(r['pred_trt_fp16_ms'])} "
-              f"| {r['meas_fp32_eager_cuda_kernels']} | {_f(r['meas_fp32_eager_gpu_busy_ms'])} "
-              f"| {r['meas_fp32_compiled_cuda_kernels']} | {_f(r.get('fit_eager_overhead_us'), 1)} us "
-              f"| {_f(r.get('fit_trt_overhead_us'), 1)} us |")
+              f"| {r['meas_fp32_eager_cuda_kernels']} / {r['meas_fp32_compiled_cuda_kernels']} "
+              f"| {_f(r['meas_fp32_eager_gpu_busy_ms'])} / {_f(r['meas_fp32_compiled_gpu_busy_ms'])} "
+              f"| {_f(r['fit_eager_overhead_us'], 1)} us [{_f(lo, 1)}–{_f(hi, 1)}] "
+              f"| {_f(r.get('fit_trt_overhead_us_vs_compiled_graph'), 1)} us |")
+    print()
+    print("fits:", json.dumps(fits))
     print("wrote", HERE / "results.json")
 
 
@@ -606,9 +674,10 @@ def main() -> None:
     pm.add_argument("--device", default="cuda")
     pm.add_argument("--no-compile", dest="compile", action="store_false")
     pm.add_argument("--runs", type=int, default=RUNS)
+    pm.add_argument("--repeats", type=int, default=1, help="rounds of the eager/CUDA-graph timings")
     pm.add_argument("--budget-s", type=float, default=420, help="stop starting compiles after this many seconds")
     pc = sub.add_parser("compare")
-    pc.add_argument("--measured", required=True)
+    pc.add_argument("--measured", required=True, nargs="+", help="measured.json file(s); rounds are pooled")
     args = ap.parse_args()
     {"predict": cmd_predict, "measure": cmd_measure, "compare": cmd_compare}[args.cmd](args)
 
