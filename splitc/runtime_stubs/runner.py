@@ -59,17 +59,38 @@ class BundleRunner:
         self.received: dict[str, np.ndarray] = {}  # every tensor decoded from a link on the last run
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Run one request; returns the model outputs by manifest output name."""
+        """Run one request through every tier; returns the model outputs by manifest output name."""
         held = {spec["name"]: np.asarray(inputs[spec["name"]]) for spec in self.manifest["model"]["inputs"]}
         self.wire_bytes, self.received = [], {}
         for tier in self.manifest["tiers"]:
-            part = self._partition_of_tier.get(tier["index"])
-            if part is not None:
-                held.update(self.run_partition(part["index"], held))
-            transfer = self._transfer_on_link.get(tier["index"])
-            if transfer is not None:
-                held = self._send(transfer, held)
-        return {o["name"]: held[o["tensor"]] for o in self.manifest["model"]["outputs"]}
+            held, answer = self.run_tier(tier["index"], held)
+            if answer is not None:
+                return answer
+        return self.outputs(held)
+
+    def run_tier(self, tier_index: int, held: Mapping[str, np.ndarray]
+                 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray] | None]:
+        """One tier's step: run its partition (if any), then either answer early or ship its transfer.
+
+        Returns:
+            ``(held, answer)``: what the next tier holds (decoded from the wire), and the
+            final outputs when the request ends here (an early exit), else None.
+        """
+        held = dict(held)
+        part = self._partition_of_tier.get(tier_index)
+        if part is not None:
+            held.update(self.run_partition(part["index"], held))
+            answer = self.exit_decision(part["index"], held)
+            if answer is not None:
+                return held, answer
+        transfer = self._transfer_on_link.get(tier_index)
+        if transfer is None:
+            return held, None
+        payloads = self.encode_transfer(tier_index, held)
+        self.wire_bytes.append(sum(len(p) for p in payloads.values()))
+        received = self.decode_transfer(tier_index, payloads)
+        self.received.update(received)
+        return received, None
 
     def run_partition(self, index: int, held: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run partition ``index`` on the named values it needs; returns its named outputs."""
@@ -78,12 +99,21 @@ class BundleRunner:
         results = self.sessions[index].run([o["name"] for o in part["outputs"]], feeds)
         return dict(zip((o["name"] for o in part["outputs"]), results))
 
-    def _send(self, transfer: dict[str, Any], held: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        received, sent = {}, 0
-        for spec in transfer["tensors"]:
-            payload = encode(held[spec["name"]], spec)
-            sent += len(payload)
-            received[spec["name"]] = decode(payload, spec)
-        self.wire_bytes.append(sent)
-        self.received.update(received)
-        return received
+    def exit_decision(self, partition_index: int, held: Mapping[str, np.ndarray]) -> dict[str, np.ndarray] | None:
+        """The final outputs if the request may exit after this partition, else None.
+
+        Bundles of manifest schema 1.0 carry no exits (``manifest["exits"]`` is empty).
+        """
+        return None
+
+    def encode_transfer(self, link: int, held: Mapping[str, np.ndarray]) -> dict[str, bytes]:
+        """Bytes on the wire for every tensor of the transfer on ``link``, by tensor name."""
+        return {spec["name"]: encode(held[spec["name"]], spec) for spec in self._transfer_on_link[link]["tensors"]}
+
+    def decode_transfer(self, link: int, payloads: Mapping[str, bytes]) -> dict[str, np.ndarray]:
+        """What the receiving tier holds after decoding ``payloads`` of the transfer on ``link``."""
+        return {spec["name"]: decode(payloads[spec["name"]], spec) for spec in self._transfer_on_link[link]["tensors"]}
+
+    def outputs(self, held: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The model outputs, by manifest output name, from what the last tier holds."""
+        return {o["name"]: held[o["tensor"]] for o in self.manifest["model"]["outputs"]}
