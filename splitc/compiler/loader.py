@@ -176,6 +176,14 @@ def load_model(spec: str, seed: int = 0) -> LoadedModel:
     )
 
 
+def _current_dir_importable() -> None:
+    """Like uvicorn's --app-dir: code in the current folder (a factory, or the class of a
+    pickled module) is importable even when splitc runs as a console script, which does
+    not put the current folder on sys.path."""
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+
+
 def _load_pickled_module(path: Path) -> LoadedModel:
     if zipfile.is_zipfile(path):
         with zipfile.ZipFile(path) as archive:
@@ -186,6 +194,7 @@ def _load_pickled_module(path: Path) -> LoadedModel:
                 "save the eager module with torch.save(model, path) or export it with "
                 "torch.export.save(...) to a .pt2 file",
             )
+    _current_dir_importable()
     try:
         # weights_only=False is required to unpickle a whole nn.Module; this runs
         # code from the file, as any pickled model does. Load only files you trust.
@@ -235,10 +244,7 @@ def _load_factory(spec: str, seed: int) -> LoadedModel:
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:
         raise SplitcError(f"model spec '{spec}' must look like package.module:factory")
-    # Like uvicorn's --app-dir, let factories in the current directory be found
-    # when splitc runs as a console script (which does not put cwd on sys.path).
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
+    _current_dir_importable()
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
