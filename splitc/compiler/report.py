@@ -40,7 +40,7 @@ def format_plan_table(plan: PlanResult, top: int | None = 15) -> str:
         lines.append("-" * len(header))
         for rank, row in enumerate(shown, start=1):
             after = row["after"] or "<input>"
-            total = _ms(row["best_latency_s"]) if row["legal"] else f"illegal"
+            total = _ms(row["best_latency_s"]) if row["legal"] else "illegal"
             lines.append(f"{rank:>4} {after[:32]:<32} {format_bytes(row['bytes']):>10} {len(row['tensors']):>7} "
                          f"{total:>13}  {row['plan'] if row['plan'] else row['reason']}")
     return "\n".join(lines)

@@ -45,10 +45,18 @@ def resolve_links(tiers, bandwidths: tuple[str, ...], rtts_ms: tuple[float, ...]
                               "pass --bandwidth and --rtt-ms for this link")
         bw = parse_bandwidth(bandwidths[i if len(bandwidths) > 1 else 0]) if bandwidths else uplink.bandwidth_bps
         rtt = rtts_ms[i if len(rtts_ms) > 1 else 0] / 1e3 if rtts_ms else uplink.rtt_s
-        source = "flag" if bandwidths and rtts_ms else (f"{sender.name} default uplink"
-                                                        + (" (partly overridden by flags)" if bandwidths or rtts_ms else ""))
-        links.append(LinkSpec(i, sender.name, receiver.name, float(bw), float(rtt), source))
+        links.append(LinkSpec(i, sender.name, receiver.name, float(bw), float(rtt),
+                              _link_source(sender.name, bool(bandwidths), bool(rtts_ms))))
     return links
+
+
+def _link_source(sender: str, bandwidth_flag: bool, rtt_flag: bool) -> str:
+    """Where a link's figures come from, as the plan table says it."""
+    if bandwidth_flag and rtt_flag:
+        return "flags"
+    if bandwidth_flag or rtt_flag:
+        return f"{'bandwidth' if bandwidth_flag else 'rtt'} from flag, rest from {sender} default uplink"
+    return f"{sender} default uplink"
 
 
 def _node_param_bytes(node: torch.fx.Node) -> int:

@@ -193,13 +193,8 @@ class Target:
             origin=origin,
         )
 
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-serialisable SI numbers, for echoing into manifests.
-
-        Returns:
-            A dict whose unit-bearing keys say their unit (``memory_bandwidth_bytes_per_s``,
-            ``op_overhead_s``, ``uplink.bandwidth_bps``, ...).
-        """
+    def _identity(self) -> dict[str, Any]:
+        """The fields written the same way by :meth:`to_dict` and :meth:`to_spec`."""
         return {
             "name": self.name,
             "aliases": list(self.aliases),
@@ -208,6 +203,17 @@ class Target:
             "description": self.description,
             "precisions": list(self.precisions),
             "peak_flops": dict(self.peak_flops),
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-serialisable SI numbers, for echoing into manifests.
+
+        Returns:
+            A dict whose unit-bearing keys say their unit (``memory_bandwidth_bytes_per_s``,
+            ``op_overhead_s``, ``uplink.bandwidth_bps``, ...).
+        """
+        return {
+            **self._identity(),
             "memory_bandwidth_bytes_per_s": self.memory_bandwidth,
             "memory_bytes": self.memory_bytes,
             "usable_memory_fraction": self.usable_memory_fraction,
@@ -228,13 +234,7 @@ class Target:
             A mapping suitable for ``yaml.safe_dump`` and :meth:`from_dict`.
         """
         spec: dict[str, Any] = {
-            "name": self.name,
-            "aliases": list(self.aliases),
-            "kind": self.kind,
-            "backend": self.backend,
-            "description": self.description,
-            "precisions": list(self.precisions),
-            "peak_flops": dict(self.peak_flops),
+            **self._identity(),
             "memory_bandwidth": f"{self.memory_bandwidth!r} B/s",
             "memory": self.memory_bytes,
             "usable_memory_fraction": self.usable_memory_fraction,

@@ -120,7 +120,7 @@ def test_plan_table_is_readable(residual_pt, capsys):
     code, out, _ = run_cli(capsys, "plan", str(residual_pt), "--input-shape", "1,3,8,8", "--target", "pi,cloud-gpu",
                            "--bandwidth", "1gbps", "--rtt-ms", "5")
     assert code == 0
-    assert "link 0: raspberry-pi-4 -> cloud-gpu-t4: 1 Gbps, rtt 5 ms (flag)" in out
+    assert "link 0: raspberry-pi-4 -> cloud-gpu-t4: 1 Gbps, rtt 5 ms (flags)" in out
     assert "rank" in out and "best total ms" in out
 
 
