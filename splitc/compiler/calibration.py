@@ -22,7 +22,7 @@ import numpy as np
 from splitc.compiler.loader import InputSpec
 from splitc.errors import SplitcError
 
-__all__ = ["CalibrationData", "load_calibration", "MIN_SAMPLES"]
+__all__ = ["CalibrationData", "load_calibration", "as_samples", "MIN_SAMPLES"]
 
 #: Fewer samples than this cannot train, calibrate and evaluate on disjoint splits.
 MIN_SAMPLES = 64
@@ -101,22 +101,38 @@ def load_calibration(path: str | Path, specs: list[InputSpec], min_samples: int 
 
 
 def _check_inputs(array: np.ndarray, spec: InputSpec, path: Path, key: str) -> np.ndarray:
+    return as_samples(array, spec, f"calibration array '{key}' in '{path}'")
+
+
+def as_samples(array: np.ndarray, spec: InputSpec, what: str) -> np.ndarray:
+    """Check ``array`` holds samples of the input ``spec`` and stack them on a leading axis.
+
+    For a batch-1 input of shape ``[1, *rest]`` both ``[S, *rest]`` and ``[S, 1, *rest]`` are
+    accepted and returned as ``[S, *rest]``; for other inputs ``[S, *shape]``.
+
+    Args:
+        array: the user's array.
+        spec: the model input it feeds.
+        what: how errors name the array (e.g. "calibration array 'x' in 'calib.npz'").
+
+    Raises:
+        SplitcError: wrong shape, non-numeric or mismatched dtype, NaN or infinite values.
+    """
     per_sample = tuple(spec.shape[1:]) if spec.shape and spec.shape[0] == 1 else tuple(spec.shape)
     if array.ndim == len(spec.shape) and spec.shape[0] == 1 and tuple(array.shape[1:]) == per_sample:
         pass  # [S, *shape[1:]]
     elif array.ndim == len(spec.shape) + 1 and tuple(array.shape[1:]) == tuple(spec.shape):
         array = array.reshape((-1, *per_sample)) if spec.shape[0] == 1 else array
     else:
-        raise SplitcError(f"calibration array '{key}' in '{path}' has shape {list(array.shape)}; the model input "
+        raise SplitcError(f"{what} has shape {list(array.shape)}; the model input "
                           f"'{spec.name}' is {list(spec.shape)}, so expected [S, {', '.join(map(str, per_sample))}]")
     if not np.issubdtype(array.dtype, np.number) and array.dtype != np.bool_:
-        raise SplitcError(f"calibration array '{key}' in '{path}' has dtype {array.dtype}, not numbers")
+        raise SplitcError(f"{what} has dtype {array.dtype}, not numbers")
     want = np.dtype(spec.dtype)
     if np.issubdtype(want, np.floating) != np.issubdtype(array.dtype, np.floating):
-        raise SplitcError(f"calibration array '{key}' in '{path}' has dtype {array.dtype} but the model input "
-                          f"'{spec.name}' is {spec.dtype}")
+        raise SplitcError(f"{what} has dtype {array.dtype} but the model input '{spec.name}' is {spec.dtype}")
     if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
-        raise SplitcError(f"calibration array '{key}' in '{path}' contains NaN or infinite values")
+        raise SplitcError(f"{what} contains NaN or infinite values")
     return array.astype(want)
 
 
@@ -128,3 +144,20 @@ def _check_labels(labels: np.ndarray, inputs: np.ndarray, path: Path) -> np.ndar
         raise SplitcError(f"labels 'y' in '{path}' must be non-negative integer class indices "
                           f"(got dtype {labels.dtype})")
     return labels.astype(np.int64)
+
+
+def calibration_input_shapes(path: str | Path) -> list[tuple[int, ...]] | None:
+    """Batch-1 input shape(s) read from ``calib.npz``'s ``x`` (``[S, *shape]`` -> ``(1, *shape)``), if it has one.
+
+    Used when no ``--input-shape`` is given: better than guessing from the first layer.
+    Returns None when the file has no ``x`` (multi-input files are keyed by input name,
+    whose order the model defines) or cannot be read (``load_calibration`` reports that).
+    """
+    try:
+        with np.load(Path(path), allow_pickle=False) as archive:
+            if "x" not in getattr(archive, "files", ()):
+                return None
+            shape = archive["x"].shape
+    except Exception:
+        return None
+    return [(1, *shape[1:])] if len(shape) >= 2 else None

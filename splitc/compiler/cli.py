@@ -76,6 +76,53 @@ def _model_options(func):
     return func
 
 
+def _exit_flags(func):
+    """--exits / --calib / --accuracy-target / --absolute-accuracy (early exits, issue 3)."""
+    decorators = [
+        click.option("--exits", "exits", default="none", show_default=True,
+                     help="Early exits: auto (chosen with the plan), none, or node names node1,node2 (needs --calib)."),
+        click.option("--calib", type=click.Path(dir_okay=False),
+                     help="Calibration data .npz: x (inputs, sample axis first), optionally y (labels); "
+                          "also gives the input shape when --input-shape is not set."),
+        click.option("--accuracy-target", default=0.99, show_default=True, type=float,
+                     help="Keep accuracy >= this x the full model's on held-out calibration samples "
+                          "(labels if given, else agreement with the full model)."),
+        click.option("--absolute-accuracy", is_flag=True, help="Read --accuracy-target as an absolute accuracy."),
+    ]
+    for decorator in reversed(decorators):
+        func = decorator(func)
+    return func
+
+
+def _exit_settings(exits: str, calib, accuracy_target: float, absolute_accuracy: bool) -> dict:
+    return {"exits": _split_csv((exits,)) or ("none",), "calib": calib, "accuracy_target": accuracy_target,
+            "absolute_accuracy": absolute_accuracy}
+
+
+def _compression_flags(func):
+    """--transfer-dtype / --bottleneck / --quantize / --prune (compression at the cut, issue 4)."""
+    decorators = [
+        click.option("--transfer-dtype", default="float32", show_default=True,
+                     type=click.Choice(["float32", "float16", "uint8"]),
+                     help="Dtype on the wire for float boundary tensors (uint8: affine, calibrated on --calib)."),
+        click.option("--bottleneck", default=None,
+                     help="Learned encoder/decoder at each cut: a channel ratio in (0, 1], e.g. 0.25, or auto "
+                          "(ratio and cut chosen jointly under --accuracy-target; needs --calib)."),
+        click.option("--quantize", default="none", show_default=True, type=click.Choice(["none", "int8", "fp16"]),
+                     help="Post-training quantization of the partitions (int8: QDQ ONNX calibrated on --calib)."),
+        click.option("--prune", default=0.0, show_default=True, type=float,
+                     help="Fraction of channels pruned from the sending partition, in [0, 1) (needs --calib)."),
+    ]
+    for decorator in reversed(decorators):
+        func = decorator(func)
+    return func
+
+
+def _compression_settings(flags: dict) -> dict:
+    """Pop the compression flags out of ``flags`` (the CompileOptions fields)."""
+    return {key: flags.pop(key) for key in ("transfer_dtype", "bottleneck", "quantize", "prune")}
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="splitc")
 def cli() -> None:
@@ -84,21 +131,28 @@ def cli() -> None:
 
 @cli.command()
 @_model_options
+@_exit_flags
+@_compression_flags
 @click.option("-o", "--output", "out", required=True, type=click.Path(), help="Bundle folder to write.")
 @click.option("--opset", default=17, show_default=True, help="ONNX opset of every partition (>= 17).")
 @click.option("--no-simplify", is_flag=True, help="Skip onnxsim.")
 @click.option("--no-verify", is_flag=True, help="Skip running the bundle in ONNX Runtime against PyTorch.")
 @click.option("--verify-samples", default=2, show_default=True, help="Random inputs used by verification.")
 @click.option("--dump-dir", type=click.Path(file_okay=False), help="Write the graph after every pass here.")
+@click.option("--emit", "emit", multiple=True, default=("auto",), show_default=True,
+              help="Serving artifacts: auto (Triton repo for edge/cloud-vm tiers, TensorRT recipe for tensorrt "
+                   "tiers, Lambda handler for faas tiers), none, or e.g. triton,tensorrt,faas.")
 def compile(model, target, targets_file, input_shape, input_dtype, bandwidth, rtt_ms, split, seed, verbose, quiet,
-            out, opset, no_simplify, no_verify, verify_samples, dump_dir) -> None:
+            out, opset, no_simplify, no_verify, verify_samples, dump_dir, emit, **exit_flags) -> None:
     """Compile MODEL (.pt, .pt2 or package.module:factory) into a bundle for the tier chain."""
     _setup_logging(verbose, quiet)
     from splitc.compiler.pipeline import compile_model
     from splitc.compiler.report import format_bundle_summary
 
-    options = _options(target, targets_file, bandwidth, rtt_ms, split, opset=opset, simplify=not no_simplify,
-                       verify=not no_verify, verify_samples=verify_samples, seed=seed)
+    compression = _compression_settings(exit_flags)
+    options = _options(target, targets_file, bandwidth, rtt_ms, split, **compression, opset=opset, simplify=not no_simplify,
+                       verify=not no_verify, verify_samples=verify_samples, seed=seed, **_exit_settings(**exit_flags),
+                       emit=_parse_emit(emit))
     result = compile_model(model, options, out, _shapes(input_shape), list(input_dtype), dump_dir=dump_dir)
     if not quiet:
         click.echo(format_bundle_summary(result.manifest))
@@ -107,16 +161,20 @@ def compile(model, target, targets_file, input_shape, input_dtype, bandwidth, rt
 
 @cli.command()
 @_model_options
+@_exit_flags
+@_compression_flags
 @click.option("--json", "as_json", is_flag=True, help="Print the plan and every candidate as JSON.")
 @click.option("--top", default=15, show_default=True, help="Rows per boundary in the table (0 = all).")
 def plan(model, target, targets_file, input_shape, input_dtype, bandwidth, rtt_ms, split, seed, verbose, quiet,
-         as_json, top) -> None:
+         as_json, top, **exit_flags) -> None:
     """Rank the cut candidates of MODEL for the tier chain (no bundle is written)."""
     _setup_logging(verbose, quiet or as_json)
     from splitc.compiler.pipeline import plan_model
     from splitc.compiler.report import format_plan_table
 
-    options = _options(target, targets_file, bandwidth, rtt_ms, split, seed=seed)
+    compression = _compression_settings(exit_flags)
+    options = _options(target, targets_file, bandwidth, rtt_ms, split, seed=seed, **compression,
+                       **_exit_settings(**exit_flags))
     prepared = plan_model(model, options, _shapes(input_shape), list(input_dtype))
     result = prepared.ctx.plan_result
     if as_json:
@@ -159,6 +217,10 @@ def verify(bundle, inputs, samples, rtol, atol, seed) -> None:
     click.echo(f"{'PASSED' if report.passed else 'FAILED'}: {report.samples} sample(s), max abs error "
                f"{report.max_abs_error:.3g}, max relative error {report.max_rel_error:.3g} "
                f"(rtol {rtol:g}, atol {atol:g}; worst output {report.worst_output})")
+    if report.exits:  # early exits: numerics above ran with exits off; this compares exit decisions with PyTorch
+        e = report.exits
+        click.echo(f"exits: {e['exited']} of {e['samples']} sample(s) exited early; {e['mismatches']} decision(s) differ "
+                   f"from PyTorch ({e['borderline']} borderline)" if e["checked"] else f"exits: not checked ({e['reason']})")
     if not report.passed:
         raise SystemExit(1)
 
@@ -172,6 +234,60 @@ def inspect(bundle, as_json) -> None:
 
     manifest = _require_bundle(bundle)
     click.echo(json.dumps(manifest, indent=2) if as_json else format_bundle_summary(manifest))
+
+
+def _parse_emit(emit: tuple[str, ...]) -> tuple[str, ...]:
+    from splitc.targets.emit import parse_emit
+
+    return parse_emit(emit)
+
+
+@cli.command()
+@click.argument("bundle", type=click.Path(file_okay=False))
+@click.option("--tier", required=True, help="Tier to serve: folder name, target name/alias, or index.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8000, show_default=True, help="Port (0 = any free port, printed at start).")
+@click.option("--next", "next_url", help="URL of the next tier's server (default: run later tiers here).")
+@click.option("--max-inflight", default=4, show_default=True, help="Requests computing at once (then 503).")
+@click.option("--timeout", "timeout_s", default=30.0, show_default=True,
+              help="Seconds before an idle/slow connection or the call to --next is dropped.")
+@click.option("--threads", default=0, show_default=True, help="ONNX Runtime threads per session (0 = default).")
+@click.option("-v", "--verbose", count=True, help="Log every request.")
+def serve(bundle, tier, host, port, next_url, max_inflight, timeout_s, threads, verbose) -> None:
+    """Serve one tier of BUNDLE over HTTP (POST /v1/infer, GET /health)."""
+    _setup_logging(verbose, False)
+    from splitc.runtime_stubs.server import serve as serve_tier
+
+    _require_bundle(bundle)
+    serve_tier(bundle, tier, host=host, port=port, next_url=next_url, max_inflight=max_inflight,
+               read_timeout_s=timeout_s, forward_timeout_s=timeout_s, threads=threads)
+
+
+@cli.command()
+@click.argument("bundle", type=click.Path(file_okay=False))
+@click.option("--input", "input_path", required=True, type=click.Path(dir_okay=False),
+              help=".npy (one input) or .npz (by input name); [N, ...] stacks run as N requests.")
+@click.option("--remote", help="URL of the server of the first remote tier (default: every tier in-process).")
+@click.option("--output", "output_path", type=click.Path(dir_okay=False), help="Write the outputs here (.npz).")
+@click.option("--timeout", "timeout_s", default=30.0, show_default=True, help="Seconds per HTTP call.")
+@click.option("--retries", default=2, show_default=True, help="Retries on connection failures and 503.")
+@click.option("--concurrency", default=1, show_default=True, help="Requests in flight at once.")
+def run(bundle, input_path, remote, output_path, timeout_s, retries, concurrency) -> None:
+    """Run BUNDLE on --input: local tiers here, the rest at --remote (or everything here)."""
+    _setup_logging(0, False)
+    from splitc.runtime_stubs.client import SplitClient, format_results, load_request_arrays, save_outputs, split_batch
+
+    manifest = _require_bundle(bundle)
+    requests = split_batch(manifest, load_request_arrays(input_path, manifest))
+    client = SplitClient(bundle, remote=remote, timeout_s=timeout_s, retries=retries)
+    results = client.infer_many(requests, concurrency=concurrency)
+    click.echo(format_results(manifest, results))
+    if output_path:
+        save_outputs(output_path, results)
+    failed = [i for i, r in enumerate(results) if isinstance(r, Exception)]
+    if failed:
+        click.echo(f"{len(failed)} of {len(results)} request(s) failed: {failed[:20]}", err=True)
+        raise SystemExit(1)
 
 
 def _require_bundle(bundle: str) -> dict:

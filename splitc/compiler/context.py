@@ -15,6 +15,8 @@ import torch
 from splitc.compiler.loader import InputSpec
 
 if TYPE_CHECKING:
+    from splitc.compiler.calibration import CalibrationData
+    from splitc.compiler.exits import ExitSetup
     from splitc.compiler.plan import PlanResult
     from splitc.passes.candidates import Candidates
     from splitc.passes.cut import Partition
@@ -41,6 +43,21 @@ class CompileOptions:
         rtol, atol: tolerance of verification (relative to the output's scale; see verify.py).
         seed: RNG seed for factories' random init and example inputs.
         alternatives: how many next-best plans to record.
+        exits: early exits: ``("none",)`` (default), ``("auto",)`` (candidates chosen jointly with
+            the plan) or node names (``--exits a,b``); needs ``calib``.
+        calib: calibration data ``.npz`` (``--calib``): ``x`` inputs, optional ``y`` labels.
+        accuracy_target: exit-enabled accuracy >= this x the full model's (relative, default
+            0.99), or >= this (``absolute_accuracy``), on held-out calibration samples.
+        absolute_accuracy: read ``accuracy_target`` as an absolute accuracy.
+        transfer_dtype: dtype on the wire for float boundary tensors (``--transfer-dtype``:
+            float32, float16 or uint8; see passes/quantize_transfer.py).
+        bottleneck: learned bottleneck at each cut (``--bottleneck``: None, "auto" or a channel
+            ratio such as "0.25"; see passes/insert_bottleneck.py).
+        quantize: post-training quantization of the partitions (``--quantize``: none, int8, fp16).
+        prune: fraction of channels pruned from the sending partition (``--prune``; 0 = off).
+        emit: backend artifacts (``--emit``): ``("auto",)`` = Triton repository for edge/cloud-vm
+            tiers, TensorRT recipe for tensorrt tiers, Lambda handler for faas tiers; ``("none",)``;
+            or a subset of ``triton``, ``tensorrt``, ``faas`` (see targets/emit.py).
     """
 
     targets: tuple[str, ...]
@@ -56,6 +73,17 @@ class CompileOptions:
     atol: float = 1e-4
     seed: int = 0
     alternatives: int = 5
+    exits: tuple[str, ...] = ("none",)
+    calib: str | None = None
+    accuracy_target: float = 0.99
+    absolute_accuracy: bool = False
+    # compression at the cut (issue 4)
+    transfer_dtype: str = "float32"
+    bottleneck: str | None = None
+    quantize: str = "none"
+    prune: float = 0.0
+    # serving artifacts (issue 7): "auto" = by tier kind/backend, "none", or kinds (see targets/emit.py)
+    emit: tuple[str, ...] = ("auto",)
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v)
@@ -81,6 +109,9 @@ class CompileContext:
     candidates: "Candidates | None" = None
     plan_result: "PlanResult | None" = None
     partitions: list["Partition"] = field(default_factory=list)
+    calibration: "CalibrationData | None" = None  # --calib, loaded and checked
+    exits: "ExitSetup | None" = None  # early-exit candidates, heads and chosen thresholds
+    compression: Any = None  # splitc.compiler.compression.CompressionState (compression passes)
     pass_timings: dict[str, float] = field(default_factory=dict)
 
     def timings_dict(self) -> dict[str, float]:

@@ -17,6 +17,7 @@ import jsonschema
 import torch.fx
 
 import splitc
+from splitc.compiler.compression import wire_entry
 from splitc.compiler.loader import dtype_name
 
 __all__ = ["SCHEMA_VERSION", "build_manifest", "validate_manifest", "manifest_schema", "tensor_entry",
@@ -81,13 +82,25 @@ def build_manifest(*, ctx, gm: torch.fx.GraphModule, loaded, traced, exported: l
         "tiers": [_tier_entry(i, t, ctx, tier_dirs[i]) for i, t in enumerate(ctx.tiers)],
         "partitions": [_partition_entry(p, e, nodes, ctx, tier_dirs) for p, e in zip(ctx.partitions, exported)],
         "transfers": _transfers(plan, ctx, nodes, producer),
-        "exits": [],
+        "exits": _exits(ctx),
+        **({"exit_calibration": {k: v for k, v in ctx.exits.summary.items() if k != "tensor_names"}}
+           if getattr(ctx, "exits", None) is not None and ctx.exits.chosen else {}),
         "plan": plan.to_dict(),
         "alternatives": [alt.to_dict() for alt in plan.alternatives],
         "options": ctx.options.to_dict(),
         "verification": verification,
         "timings_s": ctx.timings_dict(),
     }
+
+
+def _exits(ctx) -> list[dict[str, Any]]:
+    """Early exits (issue 3): see splitc.compiler.exits.exits_manifest (exits need a one-output classifier)."""
+    setup = getattr(ctx, "exits", None)
+    if setup is None or not setup.chosen:
+        return []
+    from splitc.compiler.exits import exits_manifest
+
+    return exits_manifest(setup, ctx.partitions, setup.summary["tensor_names"], "output_0")
 
 
 def _model_section(gm, nodes, loaded, traced, ctx) -> dict[str, Any]:
@@ -128,8 +141,8 @@ def _partition_entry(part, exported, nodes, ctx, tier_dirs) -> dict[str, Any]:
         "exporter": exported["exporter"],
         "simplified": exported["simplified"],
         "op_types": exported["op_types"],
-        "inputs": [tensor_entry(nodes[n]) for n in part.inputs],
-        "outputs": [tensor_entry(nodes[n]) for n in part.outputs],
+        "inputs": [wire_entry(tensor_entry(nodes[n]), ctx) for n in part.inputs],
+        "outputs": [wire_entry(tensor_entry(nodes[n]), ctx) for n in part.outputs],
         "nodes": {"first": members[0], "last": members[-1], "count": len(members)},
         "flops": int(sum(nodes[n].meta.get("splitc.flops", 0) for n in members)),
         "parameter_bytes": int(part.param_bytes),
@@ -145,7 +158,7 @@ def _transfers(plan, ctx, nodes, producer) -> list[dict[str, Any]]:
         if cut >= n:
             break  # nothing runs downstream: the link is not used
         candidate = ctx.candidates.cuts[cut]
-        tensors = [tensor_entry(nodes[name], producer.get(name, "input")) for name in candidate.crossing]
+        tensors = [wire_entry(tensor_entry(nodes[name], producer.get(name, "input")), ctx) for name in candidate.crossing]
         transfers.append({
             "link": link,
             "from_tier": link,

@@ -24,6 +24,10 @@ from typing import Any
 import torch
 
 from splitc.compiler.bundle import check_output_dir, staging_dir
+from splitc.compiler.calibration import calibration_input_shapes, load_calibration
+from splitc.compiler.exits import write_exit_heads
+from splitc.compiler.compression import (bundle_accuracy, quantized_partitions, verification_inputs,
+                                         verification_reference, verification_rtol)
 from splitc.compiler.context import CompileContext, CompileOptions
 from splitc.compiler.loader import (LoadedModel, TracedModel, infer_input_specs, load_model, make_example_inputs,
                                     sha256_file, trace_model)
@@ -37,8 +41,15 @@ from splitc.passes.cut import CutPass, run_partitions
 from splitc.passes.eliminate_dead_code import EliminateDeadCodePass
 from splitc.passes.fold_constants import FoldConstantsPass
 from splitc.passes.fold_static_shapes import FoldStaticShapesPass
+from splitc.passes.insert_bottleneck import InsertBottleneckPass
+from splitc.passes.insert_exits import InsertExitsPass
+from splitc.passes.train_exits import TrainExitsPass
+from splitc.passes.prune import PrunePass
+from splitc.passes.quantize import quantize_partitions
+from splitc.passes.quantize_transfer import QuantizeTransferPass
 from splitc.passes.plan import PlanPass
 from splitc.passes.profile import ProfilePass
+from splitc.targets.emit import emit_backend_artifacts
 from splitc.targets.onnx_export import export_partition
 from splitc.targets.target import TargetRegistry
 
@@ -56,8 +67,14 @@ def default_passes() -> list[Pass]:
         FoldStaticShapesPass(),  # needs the profiled constant values; leaves only tensor edges,
                                  # so no cut ever has to ship a Python int
         CandidatesPass(),        # after folding: enumerates cuts of the final graph
+        TrainExitsPass(),        # --exits: heads trained at candidate nodes; before plan, which needs their exit rates
         PlanPass(),              # reads profile + candidates; returns data, never edits the graph
+                                 # (with exits: thresholds chosen jointly with the cuts)
+        InsertExitsPass(),       # after plan (which exits stay), before cut (exit outputs join their partition)
         CutPass(),               # needs the plan; checks the partitions compose to the original
+        PrunePass(),             # --prune: needs the sending partition (after cut); re-profiles and re-cuts
+        InsertBottleneckPass(),  # after cut: trains on the real boundary tensors (may re-cut: --bottleneck auto)
+        QuantizeTransferPass(),  # after the bottleneck, so the code is what gets quantized
     ]
 
 
@@ -73,6 +90,8 @@ def prepare(model: str, options: CompileOptions, input_shapes: list[tuple[int, .
     """Resolve targets, load and trace the model, build the compile context."""
     tiers = TargetRegistry.with_builtins(options.targets_files).resolve_chain(options.targets)
     loaded = load_model(model, seed=options.seed)
+    if not input_shapes and options.calib:  # the calibration data shows the real input shape
+        input_shapes = calibration_input_shapes(options.calib)
     specs = infer_input_specs(loaded, list(input_shapes or []), list(input_dtypes or []))
     traced = trace_model(loaded.module, specs)
     placeholders = [n.name for n in traced.graph_module.graph.nodes if n.op == "placeholder"]
@@ -81,6 +100,8 @@ def prepare(model: str, options: CompileOptions, input_shapes: list[tuple[int, .
                           "pass one --input-shape per input")
     specs = [dataclasses.replace(s, name=name) for s, name in zip(specs, placeholders)]
     ctx = CompileContext(options, tiers, specs, make_example_inputs(specs, seed=options.seed))
+    if options.calib:
+        ctx.calibration = load_calibration(options.calib, specs)
     log.info("[load] %s: traced with %s, inputs %s; tiers: %s", model, traced.method,
              ", ".join(f"{s.name} {list(s.shape)} {s.dtype}" for s in specs), " -> ".join(t.name for t in tiers))
     return Prepared(loaded, traced, ctx)
@@ -89,7 +110,7 @@ def prepare(model: str, options: CompileOptions, input_shapes: list[tuple[int, .
 def plan_model(model: str, options: CompileOptions, input_shapes=None, input_dtypes=None) -> Prepared:
     """Run the analyses and the planner only (``splitc plan``)."""
     prepared = prepare(model, options, input_shapes, input_dtypes)
-    passes = [p for p in default_passes() if not isinstance(p, CutPass)]
+    passes = [p for p in default_passes() if not isinstance(p, CutPass) and "partitions" not in p.requires]
     prepared.traced.graph_module = PassManager(passes).run(prepared.traced.graph_module, prepared.ctx)
     return prepared
 
@@ -116,8 +137,14 @@ def compile_model(model: str, options: CompileOptions, out: str | Path, input_sh
     with staging_dir(out) as stage:
         folders = tier_dir_names([t.name for t in ctx.tiers])
         exported = _export_all(ctx, stage, folders)
+        write_exit_heads(stage, ctx)  # exits/exit<i>.npz: lets 'splitc verify' rebuild the PyTorch exits
+        quantize_partitions(ctx, gm, stage, exported)  # --quantize: rewrites the ONNX files (QDQ int8 / fp16)
         manifest = build_manifest(ctx=ctx, gm=gm, loaded=prepared.loaded, traced=prepared.traced,
                                   exported=exported, tier_dirs=folders, verification=None)
+        if ctx.compression is not None:  # what the compression knobs did, with held-out accuracies
+            manifest["plan"]["compression"] = ctx.compression.to_dict()
+        _write_manifest(stage, manifest)
+        manifest["artifacts"] = emit_backend_artifacts(stage, manifest, options)  # Triton/TensorRT/FaaS
         _write_manifest(stage, manifest)
         if options.verify:
             manifest["verification"] = _verify(stage, prepared, options)
@@ -163,9 +190,11 @@ def _verify(stage: Path, prepared: Prepared, options: CompileOptions) -> dict[st
             values = run_partitions(ctx.partitions, names, [torch.from_numpy(a) for a in case])
         return {k: v.numpy() for k, v in values.items()}
 
-    report = verify_bundle(stage, module=prepared.loaded.module, samples=options.verify_samples,
-                           rtol=options.rtol, atol=options.atol, seed=options.seed + 1,
-                           boundary_reference=boundary_reference)
+    # lossy encodings on the wire: verify against the compressed chain in PyTorch; accuracy judges the rest
+    reference = verification_reference(ctx, prepared.loaded.module)
+    report = verify_bundle(stage, module=reference, samples=options.verify_samples, inputs=verification_inputs(ctx),
+                           rtol=verification_rtol(ctx, options.rtol), atol=options.atol, seed=options.seed + 1,
+                           boundary_reference=None if quantized_partitions(ctx) else boundary_reference)
     prepared.ctx.pass_timings["verify"] = time.perf_counter() - start
     log.info("[verify] %s: %d sample(s), max abs error %.3g, max relative error %.3g (rtol %g, atol %g, %.2fs)",
              "passed" if report.passed else "FAILED", report.samples, report.max_abs_error, report.max_rel_error,
@@ -176,5 +205,12 @@ def _verify(stage: Path, prepared: Prepared, options: CompileOptions) -> dict[st
             f"{report.max_abs_error:.3g} (relative {report.max_rel_error:.3g}, allowed rtol {report.rtol:g} "
             f"atol {report.atol:g}); no bundle was written",
             "this is likely an exporter problem: report it, or pass --no-verify to keep the bundle anyway")
-    return report.to_dict()
+    result = report.to_dict()
+    accuracy = bundle_accuracy(stage, ctx)  # compression knobs: held-out accuracy of the real bundle
+    if accuracy is not None:
+        result["accuracy"] = accuracy
+    if getattr(ctx, "exits", None) is not None and ctx.exits.chosen:  # exit semantics on held-out samples
+        from splitc.compiler.exits import verify_exits
+        result["exits"] = verify_exits(stage, ctx)
+    return result
 

@@ -39,7 +39,8 @@ class PlanChoice:
         compute_s: predicted compute seconds per tier.
         link_s: predicted seconds per link (0 when nothing downstream runs).
         memory_bytes: predicted memory per tier.
-        latency_s: end-to-end predicted latency.
+        latency_s: end-to-end predicted latency (expected over requests when there are exits).
+        reach: with early exits, the share of requests reaching each tier (empty without exits).
     """
 
     cuts: tuple[int, ...]
@@ -50,6 +51,7 @@ class PlanChoice:
     link_s: tuple[float, ...]
     memory_bytes: tuple[float, ...]
     latency_s: float
+    reach: tuple[float, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -60,6 +62,7 @@ class PlanChoice:
                 "compute_s": list(self.compute_s),
                 "transfer_s": list(self.link_s),
                 "memory_bytes": list(self.memory_bytes),
+                **({"reach": list(self.reach)} if self.reach else {}),
             },
         }
 

@@ -44,6 +44,14 @@ class ChainProblem:
         memory: ``[k]`` usable bytes per tier (``inf`` = unlimited).
         rtt: ``[k-1]`` round-trip seconds of each link.
         bandwidth: ``[k-1]`` bits per second of each link.
+        wire_bytes: ``[N+1]`` bytes on the wire at each cut once compressed (transfer
+            dtype, bottleneck); None = ``cut_bytes`` (no compression). ``cut_bytes`` stays
+            the in-memory size used for the memory check.
+        link_extra_s: ``[k-1, N+1]`` seconds added to link t when its cut is c (encoder on
+            the sender + decoder on the receiver); None = 0. Both default to today's model.
+        reach: ``[N+1]`` share of requests that reach each position (early exits:
+            ``reach[i]`` weights node i and the link at cut i); None = 1 everywhere.
+            With it the objective is the *expected* latency; the DP stays exact.
     """
 
     node_time: np.ndarray
@@ -53,6 +61,23 @@ class ChainProblem:
     memory: np.ndarray
     rtt: np.ndarray
     bandwidth: np.ndarray
+    wire_bytes: np.ndarray | None = None
+    link_extra_s: np.ndarray | None = None
+    reach: np.ndarray | None = None
+
+    def weighted_node_time(self, tier: int) -> np.ndarray:
+        """``[N]`` node times of ``tier`` weighted by the share of requests reaching each node."""
+        return self.node_time[tier] if self.reach is None else self.node_time[tier] * self.reach[:self.n]
+
+    def link_costs(self, link: int) -> np.ndarray:
+        """``[N+1]`` seconds on ``link`` for every cut (0 at cut N: nothing downstream runs)."""
+        wire = self.cut_bytes if self.wire_bytes is None else self.wire_bytes
+        cost = self.rtt[link] + 8.0 * wire / self.bandwidth[link]
+        if self.link_extra_s is not None:
+            cost = cost + self.link_extra_s[link]
+        if self.reach is not None:
+            cost = cost * self.reach
+        return np.where(np.arange(self.n + 1) < self.n, cost, 0.0)
 
     @property
     def tiers(self) -> int:
@@ -66,7 +91,7 @@ class ChainProblem:
         """Seconds on ``link`` when the cut before tier ``link + 1`` is ``cut``."""
         if cut >= self.n:
             return 0.0
-        return float(self.rtt[link] + 8.0 * self.cut_bytes[cut] / self.bandwidth[link])
+        return float(self.link_costs(link)[cut])
 
     def memory_of(self, start: int, end: int) -> float:
         """Bytes a tier needs to run nodes ``[start, end)`` (0 when it runs nothing)."""
@@ -170,15 +195,14 @@ def solve_chain(problem: ChainProblem) -> ChainSolution:
         ValueError: no plan satisfies the memory limits (the caller words the user error).
     """
     k, n = problem.tiers, problem.n
-    prefix = [_prefix(problem.node_time[t]) for t in range(k)]
+    prefix = [_prefix(problem.weighted_node_time(t)) for t in range(k)]
     pparams = _prefix(problem.param_bytes)
     rmax = _RangeMax(problem.cut_bytes)
     windows = [_feasible_windows(problem, t, rmax, pparams) for t in range(k)]
     boundary_ok = problem.legal.copy()
     boundary_ok[n] = True
     idx = np.arange(n + 1)
-    links = [np.where(idx < n, problem.rtt[t] + 8.0 * problem.cut_bytes / problem.bandwidth[t], 0.0)
-             for t in range(k - 1)]
+    links = [problem.link_costs(t) for t in range(k - 1)]
 
     # forward[t][c]: best cost of tiers 0..t with tier t ending at cut c.
     forward = [np.where(idx <= windows[0][1][0], prefix[0], INF)]
@@ -234,13 +258,15 @@ def evaluate_cuts(problem: ChainProblem, cuts: tuple[int, ...]) -> dict[str, obj
 
     Returns:
         ``{"compute": [k floats], "links": [k-1 floats], "total": float,
-        "memory": [k floats], "fits": bool, "legal": bool}``
+        "memory": [k floats], "fits": bool, "legal": bool, "reach": [k floats]}`` (reach: share
+        of requests reaching each tier's first node; compute and links are already weighted by it)
     """
     bounds = (0, *cuts, problem.n)
-    compute = [float(problem.node_time[t, bounds[t]:bounds[t + 1]].sum()) for t in range(problem.tiers)]
+    compute = [float(problem.weighted_node_time(t)[bounds[t]:bounds[t + 1]].sum()) for t in range(problem.tiers)]
     links = [problem.link_cost(t, bounds[t + 1]) for t in range(problem.tiers - 1)]
     memory = [problem.memory_of(bounds[t], bounds[t + 1]) for t in range(problem.tiers)]
     fits = all(m <= problem.memory[t] for t, m in enumerate(memory))
     legal = all(problem.legal[c] or c == problem.n for c in cuts) and list(cuts) == sorted(cuts)
+    reach = [1.0 if problem.reach is None else float(problem.reach[b]) for b in bounds[:-1]]
     return {"compute": compute, "links": links, "total": sum(compute) + sum(links),
-            "memory": memory, "fits": fits, "legal": legal}
+            "memory": memory, "fits": fits, "legal": legal, "reach": reach}

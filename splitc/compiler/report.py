@@ -30,6 +30,9 @@ def format_plan_table(plan: PlanResult, top: int | None = 15) -> str:
     where = ", ".join(f"after {a}" if a else "before the first node (raw input)" for a in best.after) or "none"
     lines.append(f"{'forced' if plan.forced else 'chosen'} plan: cut {where}; predicted {_ms(best.latency_s)} ms "
                  f"= {breakdown} (ms)")
+    if best.reach:  # early exits: latencies are expectations over requests; each tier's term is already weighted
+        lines.append("early exits: expected latency over requests; share of requests reaching each tier: "
+                     + ", ".join(f"{t} {r:.1%}" for t, r in zip(plan.tiers, best.reach)))
     for b, rows in enumerate(plan.ranking):
         shown = rows if top is None else rows[:top]
         lines.append("")
@@ -80,6 +83,10 @@ def format_bundle_summary(manifest: dict[str, Any]) -> str:
             names = ", ".join(f"{x['name']} {x['shape']} {x['dtype']} ({x['encoding']['kind']})" for x in t["tensors"])
             lines.append(f"  -> link {t['link']}: {format_bytes(t['bytes'])} per request, predicted "
                          f"{_ms(t.get('predicted_s'))} ms: {names}")
+    for e in manifest.get("exits", []):  # early exits (issue 3)
+        lines.append(f"exit {e['index']} at {e['node']} (partition {e['partition']}): answers when {e['score']} >= "
+                     f"{e['threshold']:.4f}; exit rate {e['exit_rate']['test']:.1%} on held-out samples, pipeline "
+                     f"accuracy {e['accuracy']['test']:.4f} ({e['accuracy']['reference']})")
     verification = manifest.get("verification")
     if verification:
         lines.append(f"verified: {'passed' if verification['passed'] else 'FAILED'} on {verification['samples']} "

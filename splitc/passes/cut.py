@@ -145,8 +145,9 @@ class CutPass(Pass):
         edges = [0, *plan.cuts, n]
         bounds = [(edges[t], edges[t + 1]) for t in range(len(ctx.tiers))]
         outputs = set(model_output_names(gm))
-        crossing_after = [set(ctx.candidates.cuts[end].crossing) | (outputs if end == n else set())
-                          for _, end in bounds]
+        exits = {node.name for node in gm.graph.nodes if "splitc.exit" in node.meta}  # insert_exits: each exit's
+        crossing_after = [set(ctx.candidates.cuts[end].crossing) | (outputs if end == n else set()) | exits
+                          for _, end in bounds]  # scores and confidence are outputs of the partition holding them
         partitions = cut_graph(gm, bounds, crossing_after)
         placeholder_names = [node.name for node in gm.graph.nodes if node.op == "placeholder"]
         with torch.no_grad():

@@ -15,6 +15,7 @@ import difflib
 import numpy as np
 import torch.fx
 
+from splitc.compiler.compression import adjust_problem
 from splitc.compiler.pass_manager import Pass, PassResult
 from splitc.compiler.plan import LinkSpec, PlanChoice, PlanResult
 from splitc.compiler.planner import ChainProblem, evaluate_cuts, solve_chain
@@ -95,6 +96,7 @@ def choice(problem: ChainProblem, candidates: Candidates, cuts: tuple[int, ...])
         link_s=tuple(ev["links"]),
         memory_bytes=tuple(ev["memory"]),
         latency_s=float(ev["total"]),
+        reach=tuple(ev["reach"]) if problem.reach is not None else (),
     )
 
 
@@ -111,6 +113,10 @@ class PlanPass(Pass):
             raise SplitcError("the model has no operations to place")
         links = resolve_links(ctx.tiers, ctx.options.bandwidths, ctx.options.rtts_ms)
         problem = build_problem(gm, candidates, ctx.tiers, links)
+        problem = adjust_problem(problem, gm, candidates, ctx)  # wire bytes / coder time of --transfer-dtype, --bottleneck
+        if getattr(ctx, "exits", None) is not None:  # early exits: thresholds chosen jointly with the cuts;
+            from splitc.compiler.exits import plan_exits  # the problem comes back weighted by reach
+            problem = plan_exits(problem, ctx, forced_cuts)
         names = [t.name for t in ctx.tiers]
         if len(ctx.tiers) == 1:
             best, ranking, alternatives, forced = choice(problem, candidates, ()), [], [], False

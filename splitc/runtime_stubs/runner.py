@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 import onnxruntime as ort
@@ -40,9 +40,12 @@ class BundleRunner:
         bundle: the bundle folder.
         providers: ONNX Runtime execution providers (default: CPU).
         threads: intra-op threads per session (0 = ONNX Runtime's default).
+        tiers: load only the partitions of these tier indices (a server or client that runs
+            some tiers need not have the others' files); None = every tier.
     """
 
-    def __init__(self, bundle: str | Path, providers: list[str] | None = None, threads: int = 0) -> None:
+    def __init__(self, bundle: str | Path, providers: list[str] | None = None, threads: int = 0,
+                 tiers: Iterable[int] | None = None) -> None:
         self.bundle = Path(bundle)
         self.manifest = load_manifest(self.bundle)
         options = ort.SessionOptions()
@@ -51,7 +54,7 @@ class BundleRunner:
         self.sessions = {
             p["index"]: ort.InferenceSession(str(self.bundle / p["file"]), options,
                                              providers=providers or ["CPUExecutionProvider"])
-            for p in self.manifest["partitions"]
+            for p in self.manifest["partitions"] if tiers is None or p["tier_index"] in set(tiers)
         }
         self._partition_of_tier = {p["tier_index"]: p for p in self.manifest["partitions"]}
         self._transfer_on_link = {t["link"]: t for t in self.manifest["transfers"]}
@@ -76,21 +79,36 @@ class BundleRunner:
             ``(held, answer)``: what the next tier holds (decoded from the wire), and the
             final outputs when the request ends here (an early exit), else None.
         """
+        held, answer, payloads = self.tier_step(tier_index, held)
+        if answer is not None or payloads is None:
+            return held, answer
+        self.wire_bytes.append(sum(len(p) for p in payloads.values()))
+        received = self.decode_transfer(tier_index, payloads)
+        self.received.update(received)
+        return received, None
+
+    def tier_step(self, tier_index: int, held: Mapping[str, np.ndarray]
+                  ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray] | None, dict[str, bytes] | None]:
+        """The sending half of :meth:`run_tier`: partition, exit decision, encoded transfer.
+
+        Keeps no state on the runner, so servers may call it from many threads at once
+        (``run_tier`` records ``wire_bytes``/``received`` for the last in-process run).
+
+        Returns:
+            ``(held, answer, payloads)``: what this tier holds after its partition; the final
+            outputs if the request exits here (else None); the encoded tensors of the transfer
+            on link ``tier_index`` by name (None when there is no outgoing transfer or on exit).
+        """
         held = dict(held)
         part = self._partition_of_tier.get(tier_index)
         if part is not None:
             held.update(self.run_partition(part["index"], held))
             answer = self.exit_decision(part["index"], held)
             if answer is not None:
-                return held, answer
-        transfer = self._transfer_on_link.get(tier_index)
-        if transfer is None:
-            return held, None
-        payloads = self.encode_transfer(tier_index, held)
-        self.wire_bytes.append(sum(len(p) for p in payloads.values()))
-        received = self.decode_transfer(tier_index, payloads)
-        self.received.update(received)
-        return received, None
+                return held, answer, None
+        if tier_index not in self._transfer_on_link:
+            return held, None, None
+        return held, None, self.encode_transfer(tier_index, held)
 
     def run_partition(self, index: int, held: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run partition ``index`` on the named values it needs; returns its named outputs."""
@@ -102,8 +120,24 @@ class BundleRunner:
     def exit_decision(self, partition_index: int, held: Mapping[str, np.ndarray]) -> dict[str, np.ndarray] | None:
         """The final outputs if the request may exit after this partition, else None.
 
-        Bundles of manifest schema 1.0 carry no exits (``manifest["exits"]`` is empty).
+        The partition's exits (``manifest["exits"]``, chain order) are checked in order: the
+        first whose confidence output is ``>=`` its threshold answers, each model output
+        named in its ``answers`` being the partition output given there (its class scores).
+        ``self.use_exits = False`` disables exits (verification of the full model's numerics).
         """
+        taken = self.exit_taken(partition_index, held)
+        if taken is None:
+            return None
+        return {output: np.asarray(held[tensor]) for output, tensor in taken["answers"].items()}
+
+    def exit_taken(self, partition_index: int, held: Mapping[str, np.ndarray]) -> dict[str, Any] | None:
+        """The manifest entry of the exit this request takes after partition ``partition_index``, if any."""
+        if not getattr(self, "use_exits", True):
+            return None
+        for exit_ in self.manifest.get("exits", []):
+            if exit_["partition"] == partition_index and \
+                    float(np.max(held[exit_["outputs"]["confidence"]])) >= exit_["threshold"]:
+                return exit_
         return None
 
     def encode_transfer(self, link: int, held: Mapping[str, np.ndarray]) -> dict[str, bytes]:

@@ -210,3 +210,13 @@ def test_in_place_op_after_cut_does_not_corrupt_wire_reference(tmp_path):
                            tmp_path / "b", input_shapes=[(1, 3, 8, 8)])
     assert result.manifest["verification"]["passed"]
     assert result.manifest["transfers"][0]["tensors"][0]["name"] == "conv"
+
+
+def test_verify_inputs_accept_calibration_layout(bundle3, tmp_path, capsys):
+    """verify --inputs takes [S, *shape[1:]] arrays (as calib.npz does) as well as [S, 1, *shape[1:]]."""
+    np.save(tmp_path / "flat.npy", np.zeros((3, 3, 8, 8), np.float32))
+    code, out, _ = run_cli(capsys, "verify", str(bundle3), "--inputs", str(tmp_path / "flat.npy"))
+    assert code == 0 and "3 sample(s)" in out
+    np.save(tmp_path / "bad.npy", np.zeros((3, 4, 8, 8), np.float32))
+    code, _, err = run_cli(capsys, "verify", str(bundle3), "--inputs", str(tmp_path / "bad.npy"))
+    assert code == 2 and "expected [S, 3, 8, 8]" in err
