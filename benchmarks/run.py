@@ -3,9 +3,10 @@
 
 Usage::
 
-    python benchmarks/run.py                       # full run (~2 min on 2 cores), resnet50
+    python benchmarks/run.py                       # full run (~80 s on a quiet 2-core machine), resnet50
     python benchmarks/run.py --quick               # smoke run (< 60 s), resnet18, fewer repetitions
     python benchmarks/run.py --out results.json    # where the JSON goes (default benchmarks/results/latest.json)
+    python benchmarks/run.py --wait-quiet 300      # first wait (up to 300 s) for other processes to leave the CPU
 
 Prints one progress line per step, then a markdown table; writes every raw
 measurement to the JSON file. See benchmarks/README.md for what each figure means.
@@ -40,10 +41,10 @@ GOAL_PLANNER_S = 1.0          # PlanPass on a 10,000-node chain
 
 # Model and forced split per mode. The split is forced so that two partitions are
 # really exported (the planner alone might put the whole model on one tier).
-FULL = dict(model="resnet50", split="layer3_5_relu_2", compile_reps=5, warmup_iters=5, iters=30,
-            chain_nodes=10_000, plan_reps=5)
-QUICK = dict(model="resnet18", split="layer3_1_relu_1", compile_reps=2, warmup_iters=2, iters=10,
-             chain_nodes=10_000, plan_reps=3)
+FULL = dict(model="resnet50", split="layer3_5_relu_2", compile_reps=5, warmup_iters=5, iters=60, default_iters=20,
+            chain_nodes=10_000, plan_reps=5, retries=3, retry_wait_s=60.0)
+QUICK = dict(model="resnet18", split="layer3_1_relu_1", compile_reps=2, warmup_iters=2, iters=10, default_iters=6,
+             chain_nodes=10_000, plan_reps=3, retries=0, retry_wait_s=0.0)
 INPUT_SHAPE = (1, 3, 224, 224)
 TARGETS_2 = ("jetson", "cloud-gpu")
 TARGETS_3 = ("jetson", "edge", "cloud-gpu")
@@ -87,13 +88,67 @@ class CpuMeter:
         own = os.times()
         return time.perf_counter(), busy / os.sysconf("SC_CLK_TCK"), own.user + own.system
 
-    def other_share(self) -> float | None:
+    def measure(self) -> tuple[float, float] | None:
+        """(wall seconds, CPU seconds used by other processes) since the meter was made."""
         end = self._sample()
         if self.start is None or end is None:
             return None
         wall, busy, own = (b - a for a, b in zip(self.start, end))
+        return wall, max(0.0, busy - own)
+
+    def other_share(self) -> float | None:
+        measured = self.measure()
+        if measured is None or measured[0] <= 0:
+            return None
         cpus = os.cpu_count() or 1  # /proc/stat's first line sums every CPU of the machine
-        return round(max(0.0, (busy - own) / (wall * cpus)), 3) if wall > 0 else None
+        return round(measured[1] / (measured[0] * cpus), 3)
+
+    def contended(self) -> tuple[bool, float | None]:
+        """Whether others took more than CONTENTION_THRESHOLD of the CPU (and at least 3 clock
+        ticks, the counters' resolution, so a 0.1 s sample is not flagged by rounding)."""
+        measured = self.measure()
+        if measured is None or measured[0] <= 0:
+            return False, None
+        wall, other = measured
+        cpus = os.cpu_count() or 1
+        limit = max(CONTENTION_THRESHOLD * wall * cpus, 3.0 / os.sysconf("SC_CLK_TCK"))
+        return other > limit, round(other / (wall * cpus), 3)
+
+
+class Sampler:
+    """Runs each timed sample under a CpuMeter; a sample during which other processes took the
+    CPU is discarded and taken again (after waiting for the machine to calm down), up to
+    ``retries`` times. What was discarded is counted per step and reported. Retrying stops
+    for the rest of the run once ``budget_s`` seconds have gone into retaken samples and waits."""
+
+    def __init__(self, retries: int, retry_wait_s: float, budget_s: float = 600.0) -> None:
+        self.retries, self.retry_wait_s, self.budget_s = retries, retry_wait_s, budget_s
+        self.spent_s = 0.0
+        self.stats: dict[str, dict] = {}
+
+    def run(self, step: str, fn, label: str | None = None):
+        stats = self.stats.setdefault(step, {"kept": 0, "discarded": 0, "kept_contended": 0,
+                                             "max_kept_other_share": 0.0})
+        for attempt in range(self.retries + 1):
+            meter = CpuMeter()
+            start = time.perf_counter()
+            value = fn()
+            busy, share = meter.contended()
+            if not busy or attempt == self.retries or self.spent_s >= self.budget_s:
+                break
+            stats["discarded"] += 1
+            if label:
+                progress(f"  {label}: other processes took {_pct(share)} of the CPU; sample discarded, retrying")
+            if self.retry_wait_s > 0:
+                wait_for_quiet(self.retry_wait_s, window_s=2.0, windows=2, verbose=False)
+            self.spent_s += time.perf_counter() - start
+        stats["kept"] += 1
+        stats["kept_contended"] += int(busy)
+        stats["max_kept_other_share"] = max(stats["max_kept_other_share"], share or 0.0)
+        return value
+
+
+SAMPLER = Sampler(retries=0, retry_wait_s=0.0)  # configured in main()
 
 
 def median(values: list[float]) -> float:
@@ -192,9 +247,9 @@ def bench_compile(cfg: dict, work: Path) -> dict:
         path.unlink()
         return elapsed
 
-    def compile_(verify: bool) -> tuple[float, dict, dict]:
+    def compile_(verify: bool, simplify: bool = True) -> tuple[float, dict, dict]:
         out = work / f"bundle{next(counter)}"
-        options = CompileOptions(targets=TARGETS_2, split=split, verify=verify)
+        options = CompileOptions(targets=TARGETS_2, split=split, verify=verify, simplify=simplify)
         gc.collect()
         start = time.perf_counter()
         result = compile_model(spec, options, out, input_shapes=[INPUT_SHAPE])
@@ -206,26 +261,31 @@ def bench_compile(cfg: dict, work: Path) -> dict:
 
     progress(f"compile: warm-up ({cfg['model']}: bare export, compile, compile with verification)")
     warm = {"bare_s": bare(), "compile_s": compile_(False)[0], "compile_verify_s": compile_(True)[0]}
+    # compile_no_onnxsim needs no warm-up of its own: it is a subset of what "compile" warmed up
     progress("compile: warm-up done (" + ", ".join(f"{k} {v:.2f}s" for k, v in warm.items()) + ")")
 
-    runs: dict[str, list[float]] = {"bare": [], "compile": [], "compile_verify": []}
+    kinds = ["bare", "compile", "compile_verify", "compile_no_onnxsim"]
+    runs: dict[str, list[float]] = {kind: [] for kind in kinds}
     breakdowns: list[dict] = []
     manifest: dict = {}
-    kinds = ["bare", "compile", "compile_verify"]
     for rep in range(cfg["compile_reps"]):
-        order = kinds[rep % 3:] + kinds[:rep % 3]  # rotate so no kind always runs first
+        order = kinds[rep % len(kinds):] + kinds[:rep % len(kinds)]  # rotate so no kind always runs first
         for kind in order:
+            label = f"compile repetition {rep + 1}, {kind}"
             if kind == "bare":
-                runs["bare"].append(bare())
+                runs["bare"].append(SAMPLER.run("compile", bare, label))
             else:
-                elapsed, timings, manifest = compile_(kind == "compile_verify")
+                elapsed, timings, manifest_ = SAMPLER.run(
+                    "compile", lambda: compile_(kind == "compile_verify", kind != "compile_no_onnxsim"), label)
                 runs[kind].append(elapsed)
                 if kind == "compile":
+                    manifest = manifest_
                     breakdowns.append(_breakdown(elapsed, timings))
         progress(f"compile: repetition {rep + 1}/{cfg['compile_reps']}: bare {runs['bare'][-1]:.2f}s, "
-                 f"compile {runs['compile'][-1]:.2f}s, compile+verify {runs['compile_verify'][-1]:.2f}s")
+                 f"compile {runs['compile'][-1]:.2f}s, compile+verify {runs['compile_verify'][-1]:.2f}s, "
+                 f"compile without onnxsim {runs['compile_no_onnxsim'][-1]:.2f}s")
 
-    bare_med, comp_med, ver_med = (median(runs[k]) for k in kinds)
+    bare_med, comp_med, ver_med, nosim_med = (median(runs[k]) for k in kinds)
     breakdown = {k: median([b[k] for b in breakdowns]) for k in breakdowns[0]}
     result = {
         "model": spec,
@@ -239,14 +299,17 @@ def bench_compile(cfg: dict, work: Path) -> dict:
         "bare_export_s": summary(runs["bare"]),
         "compile_s": summary(runs["compile"]),
         "compile_verify_s": summary(runs["compile_verify"]),
+        "compile_no_onnxsim_s": summary(runs["compile_no_onnxsim"]),
         "compile_breakdown_median_s": breakdown,
         "ratio": comp_med / bare_med,
         "ratio_verify": ver_med / bare_med,
+        "ratio_no_onnxsim": nosim_med / bare_med,
         "goal_ratio": GOAL_COMPILE_RATIO,
         "met": comp_med / bare_med <= GOAL_COMPILE_RATIO,
     }
     progress(f"compile: median bare {bare_med:.2f}s, compile {comp_med:.2f}s (x{result['ratio']:.2f}), "
-             f"compile+verify {ver_med:.2f}s (x{result['ratio_verify']:.2f})")
+             f"compile+verify {ver_med:.2f}s (x{result['ratio_verify']:.2f}), without onnxsim {nosim_med:.2f}s "
+             f"(x{result['ratio_no_onnxsim']:.2f})")
     return result
 
 
@@ -277,9 +340,81 @@ class _TimedSession:
         return result
 
 
+def _session(path: Path, spinning: bool):
+    """An ONNX Runtime CPU session with BundleRunner's options (THREADS intra-op threads, quiet logs).
+
+    ``spinning=False`` sets ``session.intra_op.allow_spinning = 0``: after a run, the
+    session's pool threads sleep at once instead of busy-waiting for more work.
+    """
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = THREADS
+    options.log_severity_level = 3
+    if not spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def _measure_latency(runner, mono, mono_feeds: dict, split_feeds: dict, warmup: int, iters: int,
+                     step: str = "split_overhead") -> dict:
+    """Interleaved requests: each iteration runs one monolithic and one split request,
+    alternating which goes first. ``runner.sessions`` must be :class:`_TimedSession` objects."""
+    import numpy as np
+
+    def run_mono():
+        start = time.perf_counter()
+        result = mono.run(None, mono_feeds)
+        return time.perf_counter() - start, result[0]
+
+    def run_split():
+        start = time.perf_counter()
+        outputs = runner.run(split_feeds)
+        wall = time.perf_counter() - start
+        return sum(s.last for s in runner.sessions.values()), wall, next(iter(outputs.values()))
+
+    for _ in range(warmup):
+        run_mono()
+        run_split()
+    mono_t, comp_t, wall_t = [], [], []
+    part_t: dict[int, list[float]] = {index: [] for index in runner.sessions}
+    max_diff = 0.0
+    def iteration(i: int):
+        """One monolithic and one split request, alternating which goes first."""
+        got = {}
+        for kind in (("mono", "split") if i % 2 == 0 else ("split", "mono")):
+            if kind == "mono":
+                got["mono"] = run_mono()
+            else:
+                got["split"] = run_split()
+                got["parts"] = {index: session.last for index, session in runner.sessions.items()}
+        return got
+
+    for i in range(iters):
+        got = SAMPLER.run(step, lambda: iteration(i))
+        (elapsed, mono_out), (compute, wall, split_out) = got["mono"], got["split"]
+        mono_t.append(elapsed)
+        comp_t.append(compute)
+        wall_t.append(wall)
+        for index, seconds in got["parts"].items():
+            part_t[index].append(seconds)
+        max_diff = max(max_diff, float(np.max(np.abs(split_out - mono_out))))
+    mono_med, comp_med, wall_med = median(mono_t), median(comp_t), median(wall_t)
+    return {
+        "monolithic_s": summary(mono_t),
+        "split_compute_s": summary(comp_t),
+        "split_with_codec_s": summary(wall_t),
+        "partition_s": {str(k): summary(v) for k, v in part_t.items()},
+        "ratio_compute": comp_med / mono_med,
+        "ratio_with_codec": wall_med / mono_med,
+        "paired_ratio_compute_median": median([c / m for c, m in zip(comp_t, mono_t)]),
+        "paired_ratio_with_codec_median": median([w / m for w, m in zip(wall_t, mono_t)]),
+        "max_abs_output_diff": max_diff,
+    }
+
+
 def bench_split(cfg: dict, work: Path) -> dict:
     import numpy as np
-    import onnxruntime as ort
 
     from splitc.compiler.context import CompileOptions
     from splitc.compiler.pipeline import compile_model
@@ -294,80 +429,54 @@ def bench_split(cfg: dict, work: Path) -> dict:
                              input_shapes=[INPUT_SHAPE])
     assert len(split_res.manifest["partitions"]) == 2, "the forced split did not give 2 partitions"
     assert len(mono_res.manifest["partitions"]) == 1
-
-    runner = BundleRunner(split_dir, threads=THREADS)
-    timed = {index: _TimedSession(session) for index, session in runner.sessions.items()}
-    runner.sessions = timed  # BundleRunner.run_partition calls self.sessions[i].run(...)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = THREADS
-    options.log_severity_level = 3
-    mono_part = mono_res.manifest["partitions"][0]
-    mono = ort.InferenceSession(str(mono_dir / mono_part["file"]), options, providers=["CPUExecutionProvider"])
-    in_name = mono_res.manifest["model"]["inputs"][0]["name"]
-    out_tensor = mono_res.manifest["model"]["outputs"][0]["tensor"]
+    mono_path = mono_dir / mono_res.manifest["partitions"][0]["file"]
     x = np.random.default_rng(0).standard_normal(INPUT_SHAPE).astype(np.float32)
-    feeds = {in_name: x}
-    out_names = [o["name"] for o in mono_part["outputs"]]
+    mono_feeds = {mono_res.manifest["model"]["inputs"][0]["name"]: x}
+    split_feeds = {split_res.manifest["model"]["inputs"][0]["name"]: x}
 
-    def run_mono() -> tuple[float, np.ndarray]:
-        start = time.perf_counter()
-        result = mono.run(out_names, feeds)
-        return time.perf_counter() - start, result[out_names.index(out_tensor)]
+    # Headline: every session (monolithic and both partitions) without thread spinning. In one
+    # process, a session's idle pool threads otherwise busy-wait for tens of ms after each run and
+    # take the 2 cores from the session that runs next -- an artefact of running all tiers in one
+    # process, which a deployment (one tier per machine) does not have.
+    progress(f"split overhead: {cfg['warmup_iters']} warm-up + {cfg['iters']} measured requests, monolithic and "
+             f"split interleaved, intra_op_num_threads={THREADS}, thread spinning off")
+    runner = BundleRunner(split_dir, threads=THREADS)
+    runner.sessions = {p["index"]: _TimedSession(_session(split_dir / p["file"], spinning=False))
+                       for p in runner.manifest["partitions"]}
+    mono = _session(mono_path, spinning=False)
+    headline = _measure_latency(runner, mono, mono_feeds, split_feeds, cfg["warmup_iters"], cfg["iters"])
+    del runner, mono
+    progress(f"split overhead: median monolithic {headline['monolithic_s']['median'] * 1e3:.1f} ms, split compute "
+             f"{headline['split_compute_s']['median'] * 1e3:.1f} ms (x{headline['ratio_compute']:.3f}), split with "
+             f"encode/decode {headline['split_with_codec_s']['median'] * 1e3:.1f} ms "
+             f"(x{headline['ratio_with_codec']:.3f}); outputs differ by at most {headline['max_abs_output_diff']:.2g}")
 
-    def run_split() -> tuple[float, float, dict]:
-        start = time.perf_counter()
-        outputs = runner.run({runner.manifest["model"]["inputs"][0]["name"]: x})
-        wall = time.perf_counter() - start
-        return sum(s.last for s in timed.values()), wall, outputs
+    # For information: ONNX Runtime's default options, i.e. BundleRunner exactly as shipped.
+    progress(f"split overhead: again with ONNX Runtime's default thread spinning (BundleRunner as shipped), "
+             f"{cfg['default_iters']} requests")
+    runner = BundleRunner(split_dir, threads=THREADS)
+    runner.sessions = {index: _TimedSession(session) for index, session in runner.sessions.items()}
+    mono = _session(mono_path, spinning=True)
+    default = _measure_latency(runner, mono, mono_feeds, split_feeds, cfg["warmup_iters"], cfg["default_iters"],
+                               step="split_overhead_default_spinning")
+    del runner, mono
+    progress(f"split overhead (default spinning): median monolithic {default['monolithic_s']['median'] * 1e3:.1f} ms, "
+             f"split compute {default['split_compute_s']['median'] * 1e3:.1f} ms (x{default['ratio_compute']:.3f})")
 
-    progress(f"split overhead: {cfg['warmup_iters']} warm-up + {cfg['iters']} measured requests, "
-             f"monolithic and split interleaved, intra_op_num_threads={THREADS}")
-    for _ in range(cfg["warmup_iters"]):
-        run_mono()
-        run_split()
-    mono_t, comp_t, wall_t, part_t = [], [], [], {i: [] for i in timed}
-    max_diff = 0.0
-    for i in range(cfg["iters"]):
-        order = ("mono", "split") if i % 2 == 0 else ("split", "mono")  # alternate who goes first
-        for kind in order:
-            if kind == "mono":
-                elapsed, mono_out = run_mono()
-                mono_t.append(elapsed)
-            else:
-                compute, wall, outputs = run_split()
-                comp_t.append(compute)
-                wall_t.append(wall)
-                for index, session in timed.items():
-                    part_t[index].append(session.last)
-        split_out = next(iter(outputs.values()))
-        max_diff = max(max_diff, float(np.max(np.abs(split_out - mono_out))))
-
-    mono_med, comp_med, wall_med = median(mono_t), median(comp_t), median(wall_t)
-    transfer = split_res.manifest["transfers"][0]
     result = {
         "model": spec,
         "split": [cfg["split"]],
         "threads": THREADS,
+        "thread_spinning": False,
         "warmup_iterations": cfg["warmup_iters"],
         "iterations": cfg["iters"],
-        "transfer_bytes": transfer["bytes"],
-        "monolithic_s": summary(mono_t),
-        "split_compute_s": summary(comp_t),
-        "split_with_codec_s": summary(wall_t),
-        "partition_s": {str(k): summary(v) for k, v in part_t.items()},
-        "ratio_compute": comp_med / mono_med,
-        "ratio_with_codec": wall_med / mono_med,
-        "paired_ratio_compute_median": median([c / m for c, m in zip(comp_t, mono_t)]),
-        "paired_ratio_with_codec_median": median([w / m for w, m in zip(wall_t, mono_t)]),
-        "max_abs_output_diff": max_diff,
+        "transfer_bytes": split_res.manifest["transfers"][0]["bytes"],
+        **headline,
         "goal_ratio": GOAL_SPLIT_OVERHEAD,
-        "met": comp_med / mono_med <= GOAL_SPLIT_OVERHEAD,
-        "met_with_codec": wall_med / mono_med <= GOAL_SPLIT_OVERHEAD,
+        "met": headline["ratio_compute"] <= GOAL_SPLIT_OVERHEAD,
+        "met_with_codec": headline["ratio_with_codec"] <= GOAL_SPLIT_OVERHEAD,
+        "default_spinning": {"iterations": cfg["default_iters"], **default},
     }
-    del runner, mono
-    progress(f"split overhead: median monolithic {mono_med * 1e3:.1f} ms, split compute {comp_med * 1e3:.1f} ms "
-             f"(x{result['ratio_compute']:.3f}), split with encode/decode {wall_med * 1e3:.1f} ms "
-             f"(x{result['ratio_with_codec']:.3f}); outputs differ by at most {max_diff:.2g}")
     return result
 
 
@@ -434,11 +543,14 @@ def bench_planner(cfg: dict) -> dict:
         opts = dataclasses.replace(options, targets=targets)
         tctx = dataclasses.replace(ctx, options=opts, tiers=registry.resolve_chain(targets), plan_result=None)
         times = []
-        for _ in range(cfg["plan_reps"]):
+        def timed_plan() -> float:
             gc.collect()
             start = time.perf_counter()
             PlanPass().run(gm, tctx)
-            times.append(time.perf_counter() - start)
+            return time.perf_counter() - start
+
+        for _ in range(cfg["plan_reps"]):
+            times.append(SAMPLER.run("planner", timed_plan))
         best = tctx.plan_result.best
         chains[f"{len(targets)}_tiers"] = {
             "targets": list(targets),
@@ -483,7 +595,9 @@ def format_table(res: dict) -> str:
         ("**Compile / bare export**", f"**{c['ratio']:.2f}x**", f"<= {c['goal_ratio']:g}x", _status(c["met"])),
         ("`compile_model` with verification", f"{c['compile_verify_s']['median']:.2f} s", "", ""),
         ("Compile with verification / bare export", f"{c['ratio_verify']:.2f}x", "(info)", ""),
-        ("Monolithic ONNX latency (1 session)", f"{s['monolithic_s']['median'] * 1e3:.1f} ms", "", ""),
+        ("`compile_model` without onnxsim (`simplify=False`), no verify / bare export",
+         f"{c['ratio_no_onnxsim']:.2f}x ({c['compile_no_onnxsim_s']['median']:.2f} s)", "(info)", ""),
+        ("Monolithic ONNX latency (1 session, spinning off)", f"{s['monolithic_s']['median'] * 1e3:.1f} ms", "", ""),
         ("Split latency, compute only (part0 + part1 session.run)",
          f"{s['split_compute_s']['median'] * 1e3:.1f} ms", "", ""),
         ("**Split overhead, compute only**", f"**{s['ratio_compute']:.3f}x**", f"<= {s['goal_ratio']:g}x",
@@ -492,6 +606,8 @@ def format_table(res: dict) -> str:
          f"{s['split_with_codec_s']['median'] * 1e3:.1f} ms", "", ""),
         ("Split overhead with encode/decode", f"{s['ratio_with_codec']:.3f}x", f"<= {s['goal_ratio']:g}x",
          _status(s["met_with_codec"])),
+        ("Split overhead, compute only, ONNX Runtime default thread spinning (in-process artefact)",
+         f"{s['default_spinning']['ratio_compute']:.3f}x", "(info)", ""),
     ]
     for key, chain in p["chains"].items():
         rows.append((f"**`PlanPass` on {p['compute_nodes']:,}-node chain, {len(chain['targets'])} tiers**",
@@ -504,11 +620,13 @@ def format_table(res: dict) -> str:
         f"onnxruntime {m['onnxruntime']}, onnx {m['onnx']}, onnxsim {m['onnxsim']}, python {m['python']}",
         f"model: {model} {'x'.join(map(str, c['input_shape']))}, split after {c['split'][0]}; compile: median of "
         f"{c['repetitions']} interleaved runs; latency: median of {s['iterations']} interleaved requests "
-        f"({s['warmup_iterations']} warm-up), {s['threads']} intra-op threads",
-        "CPU used by other processes during the run: "
+        f"({s['warmup_iterations']} warm-up), {s['threads']} intra-op threads, thread spinning off",
+        "CPU used by other processes over each step: "
         + ", ".join(f"{name} {_pct(res[key]['other_processes_cpu_share'])}" for name, key in
                     (("compile", "compile"), ("latency", "split_overhead"), ("planner", "planner")))
-        + (" -- WARNING: machine was contended, timings inflated" if res.get("contended") else " (quiet)"),
+        + f"; samples retaken because of them: {sum(st['discarded'] for st in res['sampling']['steps'].values())}"
+        + (f"; WARNING: {sum(st['kept_contended'] for st in res['sampling']['steps'].values())} sample(s) kept "
+           "while contended, timings inflated" if res.get("contended") else "; every kept sample ran on a quiet CPU"),
         "",
         "| Figure | Value | Goal | Status |",
         "|---|---:|---|---|",
@@ -522,26 +640,67 @@ def format_table(res: dict) -> str:
     return "\n".join(lines)
 
 
-def _metered(step, *args) -> dict:
+def wait_for_quiet(limit_s: float, window_s: float = 5.0, windows: int = 3, verbose: bool = True) -> None:
+    """Wait until other processes use less than CONTENTION_THRESHOLD of the CPU in ``windows``
+    consecutive windows of ``window_s`` seconds (a single quiet window may just be a gap
+    between two jobs)."""
+    deadline = time.perf_counter() + limit_s
+    quiet = 0
+    while True:
+        meter = CpuMeter()
+        time.sleep(window_s)
+        share = meter.other_share()
+        quiet = quiet + 1 if share is None or share < CONTENTION_THRESHOLD else 0
+        if quiet >= windows:
+            if verbose:
+                progress(f"machine is quiet (other processes {_pct(share)} of the CPU for {windows * window_s:.0f}s)")
+            return
+        if quiet:
+            continue
+        if time.perf_counter() >= deadline:
+            if not verbose:
+                return
+            progress(f"machine still busy after {limit_s:.0f}s (other processes {share:.0%} of the CPU); "
+                     "measuring anyway")
+            return
+        if verbose:
+            progress(f"waiting for a quiet machine (other processes {share:.0%} of the CPU)")
+
+
+def _metered(key: str, step, *args) -> dict:
     meter = CpuMeter()
     result = step(*args)
     result["other_processes_cpu_share"] = meter.other_share()
     result["load_average_after"] = load_average()
+    result["samples"] = {name: dict(stats) for name, stats in SAMPLER.stats.items() if name.startswith(key)}
     return result
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="smoke run: resnet18, fewer repetitions (< 60 s)")
+    parser.add_argument("--wait-quiet", type=float, default=0.0, metavar="SECONDS",
+                        help="before measuring, wait up to SECONDS for other processes to leave the CPU "
+                             "(less than 10%% of it for 15 s); default 0 = start at once")
+    parser.add_argument("--retries", type=int, default=None,
+                        help="times a sample during which other processes took the CPU is taken again "
+                             "(default 3; --quick 0)")
+    parser.add_argument("--retry-wait", type=float, default=None, metavar="SECONDS",
+                        help="before retaking such a sample, wait up to SECONDS for a quiet machine "
+                             "(default 60; --quick 0)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"JSON file to write (default {DEFAULT_OUT})")
     args = parser.parse_args(argv)
     cfg = dict(QUICK if args.quick else FULL)
+    SAMPLER.retries = cfg["retries"] if args.retries is None else args.retries
+    SAMPLER.retry_wait_s = cfg["retry_wait_s"] if args.retry_wait is None else args.retry_wait
 
     warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=UserWarning, module="torch")
 
+    if args.wait_quiet > 0:
+        wait_for_quiet(args.wait_quiet)
     progress(f"splitc benchmarks ({'quick' if args.quick else 'full'}): importing torch, onnx, onnxruntime")
     machine = machine_info()
     progress(f"machine: {machine['cpu_model']}, {machine['cpus_usable']} usable CPUs, torch {machine['torch']}, "
@@ -552,16 +711,19 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="splitc-bench-") as tmp:
         work = Path(tmp)
         progress("step 1/3: compile time")
-        results["compile"] = _metered(bench_compile, cfg, work)
+        results["compile"] = _metered("compile", bench_compile, cfg, work)
         progress("step 2/3: split overhead")
-        results["split_overhead"] = _metered(bench_split, cfg, work)
+        results["split_overhead"] = _metered("split_overhead", bench_split, cfg, work)
     progress("step 3/3: planner time")
-    results["planner"] = _metered(bench_planner, cfg)
-    shares = [results[k]["other_processes_cpu_share"] for k in ("compile", "split_overhead", "planner")]
-    results["contended"] = any(v is not None and v > CONTENTION_THRESHOLD for v in shares)
+    results["planner"] = _metered("planner", bench_planner, cfg)
+    results["sampling"] = {"retries": SAMPLER.retries, "retry_wait_s": SAMPLER.retry_wait_s,
+                           "retry_budget_s": SAMPLER.budget_s, "retry_time_spent_s": SAMPLER.spent_s,
+                           "contention_threshold": CONTENTION_THRESHOLD, "steps": SAMPLER.stats}
+    kept_busy = sum(st["kept_contended"] for st in SAMPLER.stats.values())
+    results["contended"] = kept_busy > 0
     if results["contended"]:
-        progress(f"WARNING: other processes used up to {max(v for v in shares if v is not None):.0%} of the CPU "
-                 "during the run; timings are inflated and noisy -- rerun on a quiet machine")
+        progress(f"WARNING: {kept_busy} sample(s) were still contended after {SAMPLER.retries} retries; "
+                 "those timings are inflated -- rerun on a quiet machine")
     results["duration_s"] = time.perf_counter() - _T0
     results["goals"] = {
         "compile_ratio_le_2x": results["compile"]["met"],
