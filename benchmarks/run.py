@@ -3,7 +3,7 @@
 
 Usage::
 
-    python benchmarks/run.py                       # full run (~80 s on a quiet 2-core machine), resnet50
+    python benchmarks/run.py                       # full run (~90 s on a quiet 2-core machine), resnet50
     python benchmarks/run.py --quick               # smoke run (< 60 s), resnet18, fewer repetitions
     python benchmarks/run.py --out results.json    # where the JSON goes (default benchmarks/results/latest.json)
     python benchmarks/run.py --wait-quiet 300      # first wait (up to 300 s) for other processes to leave the CPU
