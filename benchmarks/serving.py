@@ -41,6 +41,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from splitc.runtime_stubs.process import start_tier_process, stop_tier_process  # noqa: E402
 
 MODEL = ROOT / "examples" / "mnist" / "mnist_cnn.pt"
 SPLIT_AT = "relu_3"   # 24.5 KiB boundary tensor (layer2 output, 32 x 14 x 14 fp32)
@@ -58,34 +59,11 @@ def _percentiles(latencies: list[float]) -> dict[str, float]:
 
 def _start_server(bundle: Path, tier: str, host: str = "127.0.0.1", netns: str | None = None,
                   timeout_s: float = 90.0) -> tuple[subprocess.Popen, str]:
-    cmd = [sys.executable, "-m", "splitc", "serve", str(bundle), "--tier", tier, "--host", host, "--port", "0",
-           "--threads", "1", "--max-inflight", "8"]
-    if netns:
-        cmd = ["ip", "netns", "exec", netns] + cmd
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.monotonic() + timeout_s
-    lines = []
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        lines.append(line)
-        if line.startswith("serving tier"):
-            url = line.split(" on ")[1].split()[0]
-            threading.Thread(target=lambda: [None for _ in proc.stdout], daemon=True).start()  # drain
-            return proc, url
-        if not line and proc.poll() is not None:
-            break
-    proc.kill()
-    raise RuntimeError(f"server did not start: {''.join(lines)}")
+    return start_tier_process(bundle, tier, host=host, extra_args=("--threads", "1", "--max-inflight", "8"),
+                              prefix=("ip", "netns", "exec", netns) if netns else (), timeout_s=timeout_s, cwd=ROOT)
 
 
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+_stop = stop_tier_process
 
 
 def compile_bundles(work: Path, bandwidth: str, rtt_ms: float) -> tuple[Path, Path]:

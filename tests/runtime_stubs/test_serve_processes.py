@@ -3,7 +3,6 @@ restarted mid-run (the client reports each failure clearly, recovers, and never 
 
 from __future__ import annotations
 
-import selectors
 import signal
 import socket
 import subprocess
@@ -16,6 +15,7 @@ import numpy as np
 import pytest
 
 from splitc.runtime_stubs.client import RemoteError, SplitClient
+from splitc.runtime_stubs.process import start_tier_process, stop_tier_process
 from splitc.runtime_stubs.runner import BundleRunner
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -28,29 +28,12 @@ def _free_port() -> int:
 
 
 def _start(bundle, tier: str, port: int, timeout_s: float = 60.0) -> subprocess.Popen:
-    """Start `splitc serve` and wait for its ready line (bounded)."""
-    proc = subprocess.Popen([sys.executable, "-m", "splitc", "serve", str(bundle), "--tier", tier, "--port", str(port)],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    selector = selectors.DefaultSelector()
-    selector.register(proc.stdout, selectors.EVENT_READ)
-    deadline, seen = time.monotonic() + timeout_s, []
-    while time.monotonic() < deadline:
-        if selector.select(timeout=0.5):
-            line = proc.stdout.readline()
-            seen.append(line)
-            if line.startswith("serving tier"):
-                return proc
-            if not line and proc.poll() is not None:
-                break
-    proc.kill()
-    raise AssertionError(f"server did not start: {''.join(seen)}")
+    """Start `splitc serve` on a fixed port (the fault test restarts on the same one)."""
+    return start_tier_process(bundle, tier, port=port, timeout_s=timeout_s, cwd=ROOT)[0]
 
 
 def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.kill()
-    proc.wait(10)
-    proc.stdout.close()
+    stop_tier_process(proc, graceful=False)  # SIGKILL: the fault the tests inject
 
 
 def _inputs(seed: int) -> dict[str, np.ndarray]:
