@@ -58,6 +58,20 @@ class CompileOptions:
         emit: backend artifacts (``--emit``): ``("auto",)`` = Triton repository for edge/cloud-vm
             tiers, TensorRT recipe for tensorrt tiers, Lambda handler for faas tiers; ``("none",)``;
             or a subset of ``triton``, ``tensorrt``, ``faas`` (see targets/emit.py).
+        privacy_epsilon: Laplace noise on the first link (``--privacy-epsilon``): the sent tensor is
+            clipped to L2 norm ``privacy_clip`` and gets Laplace noise of scale clip/epsilon inside
+            the sending partition (passes/add_noise.py); None = no noise.
+        privacy_clip: clipping norm C; None = median norm of the sent tensor on calibration data.
+        objective: what the planner minimises (``--objective``): latency, cost, privacy, or
+            weighted (``weights``); see compiler/objectives.py.
+        weights: ``name=value`` pairs of the weighted objective (``--weights latency=1,cost=0.5``).
+        slo_ms: latency SLO on the predicted p50 (``--slo-ms``); None = no SLO.
+        rps: request rate the monetary cost assumes (``--rps``): VM utilisation and FaaS volume.
+        max_dcor: privacy constraint (``--max-dcor``): distance correlation between the input and
+            what crosses the first used link must not exceed this; None = no constraint.
+        bandwidth_range: ``LO:HI`` of the first link (``--bandwidth-range``): emit the plans optimal
+            across the range and the bandwidths where the optimum switches.
+        workload: ``inference`` or ``training`` (split learning: backward pass and gradients back).
     """
 
     targets: tuple[str, ...]
@@ -84,6 +98,17 @@ class CompileOptions:
     prune: float = 0.0
     # serving artifacts (issue 7): "auto" = by tier kind/backend, "none", or kinds (see targets/emit.py)
     emit: tuple[str, ...] = ("auto",)
+    # privacy (issue 5)
+    privacy_epsilon: float | None = None
+    privacy_clip: float | None = None
+    # planner objectives and variants (issues 5 and 6)
+    objective: str = "latency"
+    weights: tuple[str, ...] = ()
+    slo_ms: float | None = None
+    rps: float = 10.0
+    max_dcor: float | None = None
+    bandwidth_range: str | None = None
+    workload: str = "inference"
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v)
@@ -112,6 +137,8 @@ class CompileContext:
     calibration: "CalibrationData | None" = None  # --calib, loaded and checked
     exits: "ExitSetup | None" = None  # early-exit candidates, heads and chosen thresholds
     compression: Any = None  # splitc.compiler.compression.CompressionState (compression passes)
+    privacy: Any = None  # splitc.compiler.privacy.PrivacyProfile (privacy_profile pass): leakage per cut
+    noise: Any = None  # splitc.passes.add_noise.NoiseSetup (add_noise pass): clip norm, epsilon, link
     pass_timings: dict[str, float] = field(default_factory=dict)
 
     def timings_dict(self) -> dict[str, float]:
