@@ -425,6 +425,8 @@ _PRICE_FIELDS: dict[str, dict[str, _PriceField]] = {
     "vm": {
         "usd_per_hour": ("usd_per_hour", _number, True),
         "instance": ("instance", _text, False),
+        # provision whole instances up to this busy share (default in splitc/targets/pricing.py)
+        "target_utilisation": ("target_utilisation", _fraction, False),
     },
     "faas": {
         "usd_per_gb_second": ("usd_per_gb_second", _number, True),
@@ -435,6 +437,9 @@ _PRICE_FIELDS: dict[str, dict[str, _PriceField]] = {
         "max_vcpus": ("max_vcpus", _number, True),
         "cold_start": ("cold_start_s", parse_duration, True),
         "max_payload": ("max_payload_bytes", parse_bytes, False),
+        # idle time before a warm instance is reclaimed, and the billing step (defaults in pricing.py)
+        "keep_alive": ("keep_alive_s", parse_duration, False),
+        "billing_granularity": ("billing_granularity_s", parse_duration, False),
     },
 }
 
