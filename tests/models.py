@@ -168,3 +168,30 @@ class InPlace(nn.Module):
 
 
 INPUT_SHAPES[InPlace] = [IMAGE]
+
+
+class PooledBranches(nn.Module):
+    """Two branches that each shrink the input 16x with a cheap pooling, then widen it with heavy
+    convolutions: the best 2-tier placement pools both branches on the device and ships the two small
+    tensors, which no prefix of the traced order (branch a whole, then branch b) can do."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a_pool, self.b_pool = nn.AvgPool2d(4), nn.MaxPool2d(4)
+        self.a1, self.a2 = nn.Conv2d(3, 64, 3, padding=1), nn.Conv2d(64, 128, 3, padding=1)
+        self.b1, self.b2 = nn.Conv2d(3, 64, 3, padding=1), nn.Conv2d(64, 128, 3, padding=1)
+        self.head = nn.Linear(256, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = self.a2(torch.relu(self.a1(self.a_pool(x))))
+        b = self.b2(torch.relu(self.b1(self.b_pool(x))))
+        return self.head(torch.cat([a, b], dim=1).mean(dim=(2, 3)))
+
+
+def pooled_branches() -> nn.Module:
+    """Factory used as ``tests.models:pooled_branches`` (seeded weights)."""
+    torch.manual_seed(0)
+    return PooledBranches().eval()
+
+
+INPUT_SHAPES[PooledBranches] = [(1, 3, 64, 64)]
