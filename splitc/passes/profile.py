@@ -151,6 +151,10 @@ class _Profiler(ShapeProp):
         meta["splitc.in_bytes"] = _tensor_bytes(list(args)) + _tensor_bytes(list(kwargs.values()))
         meta["splitc.param_bytes"] = self._param_bytes(n, result)
         meta["splitc.is_tensor"] = isinstance(result, torch.Tensor)
+        if op_class == "conv" and n.op == "call_module":  # depthwise convs run far below dense conv rates
+            conv = self.module.get_submodule(n.target)
+            groups, channels = getattr(conv, "groups", 1), getattr(conv, "in_channels", 0)
+            meta["splitc.depthwise"] = bool(groups > 1 and groups == channels)
         if not isinstance(result, torch.Tensor) and not _contains_tensor(result):
             meta["splitc.const_value"] = result
         return result

@@ -6,7 +6,8 @@ For a node on a target::
                bytes_moved / memory_bandwidth) + op_overhead
 
 ``bytes_moved`` is inputs read + outputs written + parameters read. Nodes of the
-``view`` class cost nothing (no kernel); BatchNorms folded into the preceding
+``view`` class cost nothing (no kernel); depthwise convolutions use the target's
+``conv_depthwise`` efficiency when it has one; BatchNorms folded into the preceding
 convolution at export cost nothing; classes the target's backend fuses into the
 previous kernel (``fused_op_classes``) pay no overhead and no memory traffic of
 their own, only their FLOPs. The per-kernel overhead is what dominates small-batch
@@ -50,7 +51,10 @@ def node_time(node: torch.fx.Node, target: "Target") -> float:
     flops = float(meta.get("splitc.flops", 0))
     precision = precision_of(node)
     peak = target.peak_flops.get(precision) or target.peak_flops["fp32"]
-    compute = flops / (peak * target.efficiency.get(op_class, target.efficiency["other"]))
+    efficiency = target.efficiency.get(op_class, target.efficiency["other"])
+    if meta.get("splitc.depthwise"):  # a refinement the target may measure (splitc profile); else conv's
+        efficiency = target.efficiency.get("conv_depthwise", efficiency)
+    compute = flops / (peak * efficiency)
     if op_class in target.fused_op_classes:
         return compute
     moved = meta.get("splitc.in_bytes", 0) + meta.get("splitc.out_bytes", 0) + meta.get("splitc.param_bytes", 0)

@@ -111,7 +111,7 @@ def emit_triton(stage: Path, manifest: dict[str, Any], tier: dict[str, Any]) -> 
     if not parts:
         return None
     repo = stage / tier["name"] / "triton"
-    gpu = tier["target"].get("backend") == "tensorrt"
+    gpu = tier["target"].get("backend") in ("tensorrt", "torch")  # torch: a GPU measured by splitc profile --device cuda
     files, notes = [], []
     for part in parts:
         model = f"splitc_part{part['index']}"
