@@ -118,6 +118,37 @@ def _compression_flags(func):
     return func
 
 
+def _objective_flags(func):
+    """--objective / --weights / --slo-ms / --rps / --max-dcor / --bandwidth-range (planner objectives, issue 6)."""
+    decorators = [
+        click.option("--objective", default="latency", show_default=True,
+                     type=click.Choice(["latency", "cost", "privacy", "weighted"]),
+                     help="What the planner minimises (privacy needs --calib; weighted needs --weights)."),
+        click.option("--weights", "weights", multiple=True,
+                     help="Weighted objective, e.g. latency=1,cost=0.5,privacy=0 (each scaled to [0, 1] over the "
+                          "feasible plans; see docs/planner.md)."),
+        click.option("--slo-ms", type=float, help="Latency SLO on the predicted p50 in ms (plans above it are dropped)."),
+        click.option("--rps", default=10.0, show_default=True, type=float,
+                     help="Request rate the monetary cost assumes (VM utilisation, FaaS volume)."),
+        click.option("--max-dcor", type=float,
+                     help="Privacy constraint: distance correlation between the input and what crosses the first used "
+                          "link must stay <= this (0..1; needs --calib)."),
+        click.option("--bandwidth-range",
+                     help="LOW:HIGH of the first link, e.g. 1mbps:100mbps: list the plans optimal across the range and "
+                          "the bandwidths where the optimum switches."),
+    ]
+    for decorator in reversed(decorators):
+        func = decorator(func)
+    return func
+
+
+def _objective_settings(flags: dict) -> dict:
+    """Pop the objective flags out of ``flags`` (the CompileOptions fields)."""
+    out = {key: flags.pop(key) for key in ("objective", "slo_ms", "rps", "max_dcor", "bandwidth_range")}
+    out["weights"] = _split_csv(flags.pop("weights"))
+    return out
+
+
 def _compression_settings(flags: dict) -> dict:
     """Pop the compression flags out of ``flags`` (the CompileOptions fields)."""
     return {key: flags.pop(key) for key in ("transfer_dtype", "bottleneck", "quantize", "prune")}
@@ -133,6 +164,7 @@ def cli() -> None:
 @_model_options
 @_exit_flags
 @_compression_flags
+@_objective_flags
 @click.option("-o", "--output", "out", required=True, type=click.Path(), help="Bundle folder to write.")
 @click.option("--opset", default=17, show_default=True, help="ONNX opset of every partition (>= 17).")
 @click.option("--no-simplify", is_flag=True, help="Skip onnxsim.")
@@ -142,6 +174,11 @@ def cli() -> None:
 @click.option("--emit", "emit", multiple=True, default=("auto",), show_default=True,
               help="Serving artifacts: auto (Triton repo for edge/cloud-vm tiers, TensorRT recipe for tensorrt "
                    "tiers, Lambda handler for faas tiers), none, or e.g. triton,tensorrt,faas.")
+@click.option("--privacy-epsilon", type=float,
+              help="Clip what crosses the first link to L2 norm C and add Laplace noise of scale C/epsilon inside "
+                   "the sending partition (smaller = more noise; not a formal DP guarantee, see docs/privacy.md).")
+@click.option("--privacy-clip", type=float,
+              help="Clipping norm C for --privacy-epsilon (default: the median norm on --calib).")
 def compile(model, target, targets_file, input_shape, input_dtype, bandwidth, rtt_ms, split, seed, verbose, quiet,
             out, opset, no_simplify, no_verify, verify_samples, dump_dir, emit, **exit_flags) -> None:
     """Compile MODEL (.pt, .pt2 or package.module:factory) into a bundle for the tier chain."""
@@ -150,6 +187,8 @@ def compile(model, target, targets_file, input_shape, input_dtype, bandwidth, rt
     from splitc.compiler.report import format_bundle_summary
 
     compression = _compression_settings(exit_flags)
+    compression.update(_objective_settings(exit_flags))
+    compression.update({key: exit_flags.pop(key) for key in ("privacy_epsilon", "privacy_clip")})  # add_noise
     options = _options(target, targets_file, bandwidth, rtt_ms, split, **compression, opset=opset, simplify=not no_simplify,
                        verify=not no_verify, verify_samples=verify_samples, seed=seed, **_exit_settings(**exit_flags),
                        emit=_parse_emit(emit))
@@ -163,18 +202,24 @@ def compile(model, target, targets_file, input_shape, input_dtype, bandwidth, rt
 @_model_options
 @_exit_flags
 @_compression_flags
+@_objective_flags
+@click.option("--workload", default="inference", show_default=True, type=click.Choice(["inference", "training"]),
+              help="training: plan one split-learning step (forward + backward, gradients back over each link).")
 @click.option("--json", "as_json", is_flag=True, help="Print the plan and every candidate as JSON.")
 @click.option("--top", default=15, show_default=True, help="Rows per boundary in the table (0 = all).")
+@click.option("--report", "report_dir", type=click.Path(file_okay=False),
+              help="Also write plan.md, plan.json and plots (Pareto front, bandwidth variants) to this folder.")
 def plan(model, target, targets_file, input_shape, input_dtype, bandwidth, rtt_ms, split, seed, verbose, quiet,
-         as_json, top, **exit_flags) -> None:
+         workload, as_json, top, report_dir, **exit_flags) -> None:
     """Rank the cut candidates of MODEL for the tier chain (no bundle is written)."""
     _setup_logging(verbose, quiet or as_json)
     from splitc.compiler.pipeline import plan_model
-    from splitc.compiler.report import format_plan_table
+    from splitc.compiler.report import format_plan_table, write_plan_report
 
     compression = _compression_settings(exit_flags)
+    compression.update(_objective_settings(exit_flags))
     options = _options(target, targets_file, bandwidth, rtt_ms, split, seed=seed, **compression,
-                       **_exit_settings(**exit_flags))
+                       workload=workload, **_exit_settings(**exit_flags))
     prepared = plan_model(model, options, _shapes(input_shape), list(input_dtype))
     result = prepared.ctx.plan_result
     if as_json:
@@ -183,6 +228,10 @@ def plan(model, target, targets_file, input_shape, input_dtype, bandwidth, rtt_m
         click.echo(json.dumps(payload, indent=2))
     else:
         click.echo(format_plan_table(result, top=top or None))
+    if report_dir:
+        files = write_plan_report(result, report_dir)
+        if not as_json:
+            click.echo(f"report: {', '.join(str(f) for f in files)}")
 
 
 @cli.command()
@@ -198,6 +247,58 @@ def targets(targets_file, as_json) -> None:
         click.echo(json.dumps([t.to_dict() for t in listed], indent=2))
     else:
         click.echo(format_targets_table(listed))
+
+
+@cli.command()
+@click.option("--name", required=True, help="Name of the measured target, e.g. my-laptop (use it with --target).")
+@click.option("-o", "--output", "out", required=True, type=click.Path(), help="Target YAML file to write.")
+@click.option("--kind", default="edge", show_default=True, help="Tier kind: device, edge, cloud-vm or faas.")
+@click.option("--threads", default=0, show_default=True, type=int,
+              help="ONNX Runtime intra-op threads to measure with (0 = ONNX Runtime's default).")
+@click.option("--quick", is_flag=True, help="Fewer shapes and repeats (< 30 s): a rough profile for smoke tests.")
+@click.option("--device", default="cpu", show_default=True,
+              help="cpu: ONNX Runtime on the CPU; cuda: eager PyTorch on this machine's GPU (backend torch).")
+@click.option("--force", is_flag=True, help="Overwrite -o if it exists.")
+@click.option("--uplink-bandwidth", default="100mbps", show_default=True,
+              help="Default uplink to the next tier (an assumption written to the file, not measured).")
+@click.option("--uplink-rtt", default="20ms", show_default=True, help="Round-trip time of that uplink.")
+@click.option("--usable-memory-fraction", default=0.7, show_default=True, type=float,
+              help="Share of this machine's memory a partition may use.")
+@click.option("--watts", type=float, help="With --usd-per-kwh: an energy price model (default: free).")
+@click.option("--usd-per-kwh", type=float, help="Electricity price for the energy price model.")
+@click.option("--measurements", type=click.Path(dir_okay=False), help="Also write every timing and the fit as JSON.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress lines.")
+def profile(name, out, kind, threads, quick, device, force, uplink_bandwidth, uplink_rtt, usable_memory_fraction, watts,
+            usd_per_kwh, measurements, quiet) -> None:
+    """Measure this machine (ONNX Runtime on the CPU, or torch on CUDA) and write a target file (--targets-file)."""
+    _setup_logging(0, quiet)
+    from splitc.targets.profiler import ProfileConfig, check_output_path, profile_machine, write_profile
+
+    config = ProfileConfig(name=name, kind=kind, threads=threads, quick=quick, uplink_bandwidth=uplink_bandwidth,
+                           uplink_rtt=uplink_rtt, usable_memory_fraction=usable_memory_fraction, watts=watts,
+                           usd_per_kwh=usd_per_kwh, command=_profile_command(click.get_current_context().params),
+                           device=device)
+    config.validate()  # bad flags and an unwritable -o fail before a minute of timing
+    check_output_path(out, force)
+    if measurements:
+        check_output_path(measurements, True)
+    result = profile_machine(config, progress=log.info)
+    write_profile(result, out)
+    if measurements:
+        Path(measurements).write_text(json.dumps(result.to_dict(), indent=2) + "\n", encoding="utf-8")
+    log.info("[profile] wrote %s: use it with --targets-file %s --target %s", out, out, result.target.name)
+
+
+def _profile_command(params: dict) -> str:
+    """The profile command line as given (argv is not it when main() is called with a list)."""
+    words = ["splitc", "profile"]
+    for key, value in params.items():
+        flag = "-o" if key == "out" else "--" + key.replace("_", "-")
+        if value is True:
+            words.append(flag)
+        elif value not in (None, False):
+            words += [flag, str(value)]
+    return " ".join(words)
 
 
 @cli.command()
@@ -288,6 +389,65 @@ def run(bundle, input_path, remote, output_path, timeout_s, retries, concurrency
     if failed:
         click.echo(f"{len(failed)} of {len(results)} request(s) failed: {failed[:20]}", err=True)
         raise SystemExit(1)
+
+
+@cli.command()
+@_model_options
+@click.option("--calib", type=click.Path(dir_okay=False),
+              help="Calibration data .npz (x, optionally y): the attacker trains on one split, is scored on another.")
+@click.option("--top", default=3, show_default=True,
+              help="Attack this many cuts, fastest first by the planner's ranking (plus the shallowest cut).")
+@click.option("--epochs", default=30, show_default=True, help="Training epochs of the attacker's inversion decoder.")
+@click.option("--samples", default=128, show_default=True, help="Calibration samples the distance-correlation proxy uses.")
+@click.option("--max-samples", type=int, help="Use at most this many calibration samples in each attack.")
+@click.option("--report", "report_dir", type=click.Path(file_okay=False),
+              help="Write privacy.json, privacy.md and the reconstruction PNGs to this folder.")
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+def privacy(model, target, targets_file, input_shape, input_dtype, bandwidth, rtt_ms, split, seed, verbose, quiet,
+            calib, top, epochs, samples, max_samples, report_dir, as_json) -> None:
+    """How much of the input an attacker recovers from what crosses each cut of MODEL (or each link of a bundle).
+
+    Distance correlation (cheap proxy) for every legal cut, then an inversion decoder trained on
+    calibration data against the fastest cuts and the shallowest one: MSE, PSNR, SSIM on held-out
+    samples. MODEL may be a bundle folder: then what its links really send is attacked.
+    """
+    _setup_logging(verbose, quiet or as_json)
+    from splitc.compiler import privacy as priv
+
+    if not calib:
+        raise SplitcError("splitc privacy needs calibration data: the attacker learns from real inputs",
+                          "pass --calib calib.npz (inputs 'x' of the kind the model will see)")
+    if epochs < 1 or top < 0 or samples < 4 or (max_samples is not None and max_samples < 8):
+        raise SplitcError("--epochs must be >= 1, --top >= 0, --samples >= 4 and --max-samples >= 8")
+    png_dir = Path(report_dir) if report_dir else None
+    if Path(model, "manifest.json").exists():
+        _require_bundle(model)
+        payload = priv.evaluate_bundle_privacy(model, calib, epochs=epochs, seed=seed, max_samples=max_samples,
+                                               png_dir=png_dir)
+    else:
+        if not target:
+            raise SplitcError(f"--target is needed for a model ('{model}' is not a bundle folder)",
+                              "give the tier chain, e.g. --target jetson,cloud-gpu")
+        from splitc.compiler.pipeline import plan_model
+
+        options = _options(target, targets_file, bandwidth, rtt_ms, split, seed=seed, calib=calib)
+        prepared = plan_model(model, options, _shapes(input_shape), list(input_dtype))
+        ctx = prepared.ctx
+        payload = priv.evaluate_model_privacy(prepared.traced.graph_module, ctx.candidates, ctx.plan_result,
+                                              ctx.calibration, top=top, epochs=epochs, samples=samples,
+                                              max_samples=max_samples, seed=seed, png_dir=png_dir)
+    files = priv.write_privacy_report(payload, report_dir) if report_dir else []
+    if as_json:
+        click.echo(json.dumps(payload, indent=2))
+    else:
+        click.echo(priv.format_privacy_report(payload))
+        if files:
+            click.echo(f"report: {', '.join(str(f) for f in files)}")
+
+
+for _param in privacy.params:  # a bundle folder already fixes its tiers: --target only matters for a model
+    if _param.name == "target":
+        _param.required = False
 
 
 def _require_bundle(bundle: str) -> dict:

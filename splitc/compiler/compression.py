@@ -527,7 +527,8 @@ def bundle_accuracy(bundle, ctx) -> dict[str, Any] | None:
         SplitcError: the bundle misses the accuracy target.
     """
     state = getattr(ctx, "compression", None)
-    if state is None or state.calib is None or not state.settings.active:
+    noise = getattr(ctx, "noise", None)  # --privacy-epsilon: the noise costs accuracy too (passes/add_noise.py)
+    if state is None or state.calib is None or not (state.settings.active or noise is not None):
         return None
     from splitc.runtime_stubs.runner import BundleRunner
 
@@ -551,6 +552,7 @@ def bundle_accuracy(bundle, ctx) -> dict[str, Any] | None:
     if not state.target_met(acc):
         raise SplitcError(f"the compiled bundle's held-out accuracy {acc:.4f} misses the required "
                           f"{state.required_accuracy:.4f} (--accuracy-target {state.settings.accuracy_target:g})",
+                          f"raise --privacy-epsilon (now {noise.epsilon:g}; less noise)" if noise is not None else
                           "use a milder setting (--transfer-dtype float16, a larger --bottleneck ratio, no --quantize)")
     return result
 
@@ -604,7 +606,8 @@ def lossy_bundle(manifest: dict[str, Any], random_inputs: bool = False) -> bool:
     """
     settings = (manifest.get("plan") or {}).get("compression") or {}
     lossy = (settings.get("transfer_dtype", "float32") != "float32" or settings.get("bottleneck") is not None
-             or settings.get("quantize", "none") != "none" or bool(settings.get("pruning")))
+             or settings.get("quantize", "none") != "none" or bool(settings.get("pruning"))
+             or any("noise" in t for t in manifest.get("transfers", [])))  # --privacy-epsilon: noise on the wire
     if lossy and random_inputs:
         log.warning("verify: the bundle is compressed (%s); it is judged by top-1 agreement with the original "
                     "model, which random inputs say little about: pass --inputs with real samples",

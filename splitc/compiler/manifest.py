@@ -167,5 +167,12 @@ def _transfers(plan, ctx, nodes, producer) -> list[dict[str, Any]]:
             "tensors": tensors,
             "bytes": int(sum(t["bytes"] for t in tensors)),
             "predicted_s": plan.best.link_s[link],
+            **_noise(ctx, link),
         })
     return transfers
+
+
+def _noise(ctx, link: int) -> dict[str, Any]:
+    """``{"noise": ...}`` for the link ``add_noise`` perturbs (--privacy-epsilon), else nothing."""
+    setup = getattr(ctx, "noise", None)
+    return {"noise": setup.to_manifest()} if setup is not None and setup.link == link else {}

@@ -41,13 +41,16 @@ from splitc.passes.cut import CutPass, run_partitions
 from splitc.passes.eliminate_dead_code import EliminateDeadCodePass
 from splitc.passes.fold_constants import FoldConstantsPass
 from splitc.passes.fold_static_shapes import FoldStaticShapesPass
+from splitc.passes.add_noise import AddNoisePass, NoiseSettings, verify_noised_bundle
 from splitc.passes.insert_bottleneck import InsertBottleneckPass
 from splitc.passes.insert_exits import InsertExitsPass
 from splitc.passes.train_exits import TrainExitsPass
 from splitc.passes.prune import PrunePass
 from splitc.passes.quantize import quantize_partitions
 from splitc.passes.quantize_transfer import QuantizeTransferPass
-from splitc.passes.plan import PlanPass
+from splitc.passes.reorder_for_cut import ReorderForCutPass
+from splitc.passes.plan import PlanPass, PlanSettings
+from splitc.passes.privacy_profile import PrivacyProfilePass
 from splitc.passes.profile import ProfilePass
 from splitc.targets.emit import emit_backend_artifacts
 from splitc.targets.onnx_export import export_partition
@@ -66,7 +69,9 @@ def default_passes() -> list[Pass]:
         ProfilePass(),           # every later step reads its shapes, FLOPs and bytes
         FoldStaticShapesPass(),  # needs the profiled constant values; leaves only tensor edges,
                                  # so no cut ever has to ship a Python int
+        ReorderForCutPass(),     # DAG min cut: reorders so its placement is a prefix cut; before candidates
         CandidatesPass(),        # after folding: enumerates cuts of the final graph
+        PrivacyProfilePass(),    # privacy requested: leakage proxy of every candidate; before plan, which weighs it
         TrainExitsPass(),        # --exits: heads trained at candidate nodes; before plan, which needs their exit rates
         PlanPass(),              # reads profile + candidates; returns data, never edits the graph
                                  # (with exits: thresholds chosen jointly with the cuts)
@@ -74,6 +79,9 @@ def default_passes() -> list[Pass]:
         CutPass(),               # needs the plan; checks the partitions compose to the original
         PrunePass(),             # --prune: needs the sending partition (after cut); re-profiles and re-cuts
         InsertBottleneckPass(),  # after cut: trains on the real boundary tensors (may re-cut: --bottleneck auto)
+        AddNoisePass(),          # --privacy-epsilon: after the bottleneck (the code is what leaves the device, so
+                                 # it is what gets clipped and noised), before wire quantization (which then
+                                 # calibrates on and encodes the noised values)
         QuantizeTransferPass(),  # after the bottleneck, so the code is what gets quantized
     ]
 
@@ -88,6 +96,7 @@ class Prepared:
 def prepare(model: str, options: CompileOptions, input_shapes: list[tuple[int, ...]] | None = None,
             input_dtypes: list[str] | None = None) -> Prepared:
     """Resolve targets, load and trace the model, build the compile context."""
+    PlanSettings.from_options(options)  # bad objective/SLO/rate/workload flags fail before any tracing or training
     tiers = TargetRegistry.with_builtins(options.targets_files).resolve_chain(options.targets)
     loaded = load_model(model, seed=options.seed)
     if not input_shapes and options.calib:  # the calibration data shows the real input shape
@@ -131,6 +140,11 @@ def compile_model(model: str, options: CompileOptions, out: str | Path, input_sh
     """
     out = Path(out)
     check_output_dir(out)  # before any work: an unwritable -o fails in a second, not a minute
+    NoiseSettings.from_options(options)  # bad --privacy-* flags too, before tracing and training
+    if options.workload != "inference":
+        raise SplitcError(f"compile emits inference bundles; --workload {options.workload} is for 'splitc plan'",
+                          "plan the split-learning step with: splitc plan --workload training")
+    NoiseSettings.from_options(options)  # bad --privacy-* flags too, before tracing and training
     prepared = prepare(model, options, input_shapes, input_dtypes)
     ctx = prepared.ctx
     gm = PassManager(default_passes(), dump_dir=dump_dir).run(prepared.traced.graph_module, ctx)
@@ -149,10 +163,46 @@ def compile_model(model: str, options: CompileOptions, out: str | Path, input_sh
         if options.verify:
             manifest["verification"] = _verify(stage, prepared, options)
             _write_manifest(stage, manifest)
+        if ctx.plan_result.variants:  # --bandwidth-range: one complete bundle per plan that wins somewhere
+            _write_variants(stage, model, options, ctx, manifest, input_shapes, input_dtypes)
+            _write_manifest(stage, manifest)
         (stage / "report.md").write_text(format_plan_report(manifest, ctx.plan_result), encoding="utf-8")
     log.info("[bundle] wrote %s (%d partition(s), %d transfer(s))", out, len(manifest["partitions"]),
              len(manifest["transfers"]))
     return CompileResult(out, manifest, prepared)
+
+
+def _write_variants(stage: Path, model: str, options: CompileOptions, ctx: CompileContext, manifest: dict[str, Any],
+                    input_shapes, input_dtypes) -> None:
+    """Compile each bandwidth variant whose cuts differ from this bundle's into ``variants/v<i>/``.
+
+    Each variant is a full compile with its cuts forced (``--split``) and the first link at
+    the bandwidth the variant was evaluated at, so it is verified and self-describing like
+    any bundle; the top manifest's ``plan.variants[i].bundle`` points at it ("." = this
+    bundle). A runtime picks with :func:`splitc.runtime_stubs.runner.select_variant`.
+    """
+    chosen = [c["index"] for c in manifest["plan"]["cuts"]]
+    links = ctx.plan_result.links
+    for i, variant in enumerate(manifest["plan"]["variants"]):
+        plan = variant["plan"]
+        if plan is None:
+            continue
+        if [c["index"] for c in plan["cuts"]] == chosen:
+            variant["bundle"] = "."
+            continue
+        folder = f"variants/v{i}"
+        split = tuple(c["after"] or "input" for c in plan["cuts"])
+        bandwidths = (f"{plan['evaluated_at_bps']:.6g}bps", *(f"{l.bandwidth_bps:.6g}bps" for l in links[1:]))
+        rtts = tuple(l.rtt_s * 1e3 for l in links)
+        sub = dataclasses.replace(options, split=split, bandwidths=bandwidths, rtts_ms=rtts, bandwidth_range=None)
+        lo, hi = variant["range_bps"]
+        log.info("[variants] %s: link 0 in [%.3g, %.3g] Mbps -> cut after %s", folder, lo / 1e6, hi / 1e6,
+                 ", ".join(split))
+        (stage / "variants").mkdir(exist_ok=True)
+        compile_model(model, sub, stage / folder, input_shapes, input_dtypes)
+        variant["bundle"] = folder
+    ctx.plan_result.variants = [{**v, **({"bundle": m["bundle"]} if "bundle" in m else {})}
+                                for v, m in zip(ctx.plan_result.variants, manifest["plan"]["variants"])]
 
 
 def _export_all(ctx: CompileContext, stage: Path, folders: list[str]) -> list[dict[str, Any]]:
@@ -190,11 +240,19 @@ def _verify(stage: Path, prepared: Prepared, options: CompileOptions) -> dict[st
             values = run_partitions(ctx.partitions, names, [torch.from_numpy(a) for a in case])
         return {k: v.numpy() for k, v in values.items()}
 
-    # lossy encodings on the wire: verify against the compressed chain in PyTorch; accuracy judges the rest
-    reference = verification_reference(ctx, prepared.loaded.module)
-    report = verify_bundle(stage, module=reference, samples=options.verify_samples, inputs=verification_inputs(ctx),
-                           rtol=verification_rtol(ctx, options.rtol), atol=options.atol, seed=options.seed + 1,
-                           boundary_reference=None if quantized_partitions(ctx) else boundary_reference)
+    if getattr(ctx, "noise", None) is not None:  # noise on the wire: no value-by-value reference exists, so the
+        # receiving tiers are checked on the received tensor and the sender statistically (passes/add_noise.py)
+        report = verify_noised_bundle(stage, ctx, samples=options.verify_samples,
+                                      rtol=verification_rtol(ctx, options.rtol), atol=options.atol, seed=options.seed + 1)
+        if not report.passed:
+            raise SplitcError(f"verification of the noised bundle failed: {report.failures[0]}; no bundle was written",
+                              "this is likely an exporter problem: report it, or pass --no-verify to keep the bundle")
+    else:
+        # lossy encodings on the wire: verify against the compressed chain in PyTorch; accuracy judges the rest
+        reference = verification_reference(ctx, prepared.loaded.module)
+        report = verify_bundle(stage, module=reference, samples=options.verify_samples, inputs=verification_inputs(ctx),
+                               rtol=verification_rtol(ctx, options.rtol), atol=options.atol, seed=options.seed + 1,
+                               boundary_reference=None if quantized_partitions(ctx) else boundary_reference)
     prepared.ctx.pass_timings["verify"] = time.perf_counter() - start
     log.info("[verify] %s: %d sample(s), max abs error %.3g, max relative error %.3g (rtol %g, atol %g, %.2fs)",
              "passed" if report.passed else "FAILED", report.samples, report.max_abs_error, report.max_rel_error,

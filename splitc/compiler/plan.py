@@ -41,6 +41,9 @@ class PlanChoice:
         memory_bytes: predicted memory per tier.
         latency_s: end-to-end predicted latency (expected over requests when there are exits).
         reach: with early exits, the share of requests reaching each tier (empty without exits).
+        metrics: the other objectives of this plan (:meth:`splitc.compiler.objectives.PlanMetrics.row`):
+            p50_s, p99_s, usd_per_request, usd_per_million, tier_usd_per_request, dcor; empty when
+            not evaluated.
     """
 
     cuts: tuple[int, ...]
@@ -52,8 +55,16 @@ class PlanChoice:
     memory_bytes: tuple[float, ...]
     latency_s: float
     reach: tuple[float, ...] = ()
+    metrics: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
+        m = self.metrics
+        extra: dict[str, Any] = {}
+        if m.get("usd_per_request") is not None:
+            extra["cost"] = {"usd_per_request": m["usd_per_request"], "usd_per_million": m["usd_per_million"],
+                             "tier_usd_per_request": m["tier_usd_per_request"]}
+        if m.get("dcor") is not None:
+            extra["privacy"] = {"dcor": m["dcor"]}
         return {
             "cuts": [{"index": c, "after": a, "tensors": list(t), "bytes": b}
                      for c, a, t, b in zip(self.cuts, self.after, self.crossing, self.crossing_bytes)],
@@ -63,8 +74,14 @@ class PlanChoice:
                 "transfer_s": list(self.link_s),
                 "memory_bytes": list(self.memory_bytes),
                 **({"reach": list(self.reach)} if self.reach else {}),
+                **({"p50_s": m["p50_s"], "p99_s": m["p99_s"]} if "p50_s" in m else {}),
             },
+            **extra,
         }
+
+    def describe(self) -> str:
+        """The cuts in words, for logs and errors."""
+        return ", ".join(f"after {a or 'input'}" for a in self.after) or "no cut"
 
 
 @dataclass
@@ -78,6 +95,12 @@ class PlanResult:
         forced: whether the cuts came from ``--split``.
         alternatives: next-best distinct plans, best first.
         ranking: per boundary, one row per candidate cut with the best latency achievable there.
+        objective: what was optimised and under which constraints (name, weights, slo_s, rps,
+            max_dcor, workload, plans evaluated, exhaustive).
+        pareto: the plans no other plan beats on every objective (latency, cost and, with a
+            privacy profile, leakage), fastest first; the chosen plan is among them.
+        variants: with ``--bandwidth-range``, the plans optimal across the range of the first
+            link's bandwidth, each with the range where it wins (see passes/plan.py).
     """
 
     tiers: list[str]
@@ -86,15 +109,23 @@ class PlanResult:
     forced: bool
     alternatives: list[PlanChoice] = field(default_factory=list)
     ranking: list[list[dict[str, Any]]] = field(default_factory=list)
+    objective: dict[str, Any] = field(default_factory=lambda: {"name": "latency"})
+    pareto: list[PlanChoice] = field(default_factory=list)
+    variants: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self, include_ranking: bool = False) -> dict[str, Any]:
         out = {
-            "objective": "latency",
+            "objective": self.objective.get("name", "latency"),
+            "objective_settings": dict(self.objective),
             "forced": self.forced,
             "tiers": list(self.tiers),
             "links": [link.to_dict() for link in self.links],
             **self.best.to_dict(),
         }
+        if self.pareto:
+            out["pareto"] = [p.to_dict() for p in self.pareto]
+        if self.variants:
+            out["variants"] = [{k: v for k, v in entry.items() if k != "curve"} for entry in self.variants]
         if include_ranking:
             out["ranking"] = self.ranking
         return out

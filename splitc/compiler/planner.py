@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["ChainProblem", "ChainSolution", "solve_chain", "evaluate_cuts"]
+__all__ = ["ChainProblem", "ChainSolution", "solve_chain", "evaluate_cuts", "feasible_starts", "range_memory"]
 
 INF = float("inf")
 
@@ -167,6 +167,35 @@ def _feasible_windows(problem: ChainProblem, tier: int, rmax: _RangeMax,
             end += 1
         hi[start] = end
     return lo, hi
+
+
+def feasible_starts(problem: ChainProblem) -> list[np.ndarray]:
+    """Per tier, ``lo[c]``: the first start ``s`` such that nodes ``[s, c)`` fit the tier's memory.
+
+    A range ``[s, e)`` fits tier ``t`` iff ``s >= lo[t][e]`` (memory only grows with the range), which
+    lets :mod:`splitc.compiler.objectives` check the memory of many plans at once.
+    """
+    pparams = _prefix(problem.param_bytes)
+    rmax = _RangeMax(problem.cut_bytes)
+    return [_feasible_windows(problem, t, rmax, pparams)[0] for t in range(problem.tiers)]
+
+
+def range_memory(problem: ChainProblem, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """Vectorised :meth:`ChainProblem.memory_of` for arrays of ranges ``[starts, ends)``."""
+    starts, ends = np.asarray(starts, dtype=np.int64), np.asarray(ends, dtype=np.int64)
+    pparams = _prefix(problem.param_bytes)
+    table = _RangeMax(problem.cut_bytes).table
+    out = np.zeros(starts.shape, dtype=np.float64)
+    busy = ends > starts
+    lo, hi = starts[busy], ends[busy]  # max over cut_bytes[lo..hi] inclusive, as memory_of
+    level = np.floor(np.log2(hi - lo + 1)).astype(np.int64)
+    peak = np.zeros(lo.shape)
+    for lv in np.unique(level):
+        sel = level == lv
+        row = table[lv]
+        peak[sel] = np.maximum(row[lo[sel]], row[hi[sel] - (1 << int(lv)) + 1])
+    out[busy] = pparams[hi] - pparams[lo] + peak
+    return out
 
 
 def _window_argmin(values: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -93,6 +93,10 @@ class InsertExitsPass(Pass):
         plan = ctx.plan_result
         plan.best = dataclasses.replace(plan.best, cuts=tuple(remap(c) for c in plan.best.cuts))
         plan.alternatives = [dataclasses.replace(a, cuts=tuple(remap(c) for c in a.cuts)) for a in plan.alternatives]
+        plan.pareto = [dataclasses.replace(a, cuts=tuple(remap(c) for c in a.cuts)) for a in plan.pareto]
+        for variant in plan.variants:
+            for cut in (variant.get("plan") or {}).get("cuts", []):
+                cut["index"] = remap(cut["index"])
         for rows in plan.ranking:
             for row in rows:
                 row["index"] = remap(row["index"])

@@ -10,7 +10,12 @@ checked: known node, legal cut, chain order, memory).
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
+import logging
+import math
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch.fx
@@ -18,13 +23,16 @@ import torch.fx
 from splitc.compiler.compression import adjust_problem
 from splitc.compiler.pass_manager import Pass, PassResult
 from splitc.compiler.plan import LinkSpec, PlanChoice, PlanResult
+from splitc.compiler.objectives import Weights, candidate_plans, evaluate_plans, parse_objective, select_plan
 from splitc.compiler.planner import ChainProblem, evaluate_cuts, solve_chain
 from splitc.errors import SplitcError
 from splitc.passes.candidates import Candidates
 from splitc.targets.cost_model import node_times
 from splitc.units import format_bytes, parse_bandwidth
 
-__all__ = ["PlanPass", "resolve_links", "build_problem"]
+__all__ = ["PlanPass", "PlanSettings", "resolve_links", "build_problem", "training_problem", "bandwidth_variants"]
+
+log = logging.getLogger("splitc")
 
 
 def resolve_links(tiers, bandwidths: tuple[str, ...], rtts_ms: tuple[float, ...]) -> list[LinkSpec]:
@@ -84,9 +92,30 @@ def build_problem(gm: torch.fx.GraphModule, candidates: Candidates, tiers, links
     )
 
 
-def choice(problem: ChainProblem, candidates: Candidates, cuts: tuple[int, ...]) -> PlanChoice:
-    """A :class:`PlanChoice` with the full breakdown of ``cuts``."""
+TRAINING_COMPUTE_FACTOR = 3.0  # forward + backward; backward ~ 2x the forward FLOPs (grads wrt inputs and weights)
+TRAINING_PARAM_FACTOR = 4.0  # weights + gradients + two Adam moments per parameter
+
+
+def training_problem(problem: ChainProblem) -> ChainProblem:
+    """The problem of one split-learning training step instead of one inference (``--workload training``).
+
+    Every node runs forward and backward (x :data:`TRAINING_COMPUTE_FACTOR`); each used link
+    carries the activations forward and gradients of the same size back (twice the wire
+    bytes, still one round trip per step); each tier holds weights, gradients and optimizer
+    state (x :data:`TRAINING_PARAM_FACTOR`). Activations kept for the backward pass are not
+    added to the memory check (an under-estimate, documented in docs/planner.md). No exits.
+    """
+    wire = problem.cut_bytes if problem.wire_bytes is None else problem.wire_bytes
+    return dataclasses.replace(problem, node_time=problem.node_time * TRAINING_COMPUTE_FACTOR,
+                               param_bytes=problem.param_bytes * TRAINING_PARAM_FACTOR,
+                               wire_bytes=2.0 * np.asarray(wire, dtype=np.float64))
+
+
+def choice(problem: ChainProblem, candidates: Candidates, cuts: tuple[int, ...], metrics=None) -> PlanChoice:
+    """A :class:`PlanChoice` with the full breakdown of ``cuts`` (and its other objectives from ``metrics``)."""
+    cuts = tuple(int(c) for c in cuts)
     ev = evaluate_cuts(problem, cuts)
+    row = metrics.index_of(cuts) if metrics is not None else None
     return PlanChoice(
         cuts=tuple(cuts),
         after=tuple(candidates.cuts[c].after for c in cuts),
@@ -97,11 +126,12 @@ def choice(problem: ChainProblem, candidates: Candidates, cuts: tuple[int, ...])
         memory_bytes=tuple(ev["memory"]),
         latency_s=float(ev["total"]),
         reach=tuple(ev["reach"]) if problem.reach is not None else (),
+        metrics=metrics.row(row) if row is not None else {},
     )
 
 
 class PlanPass(Pass):
-    """Pick the latency-optimal cuts (or check the forced ones); never mutates the graph."""
+    """Pick the cuts that best meet the objective (or check the forced ones); never mutates the graph."""
 
     name = "plan"
     requires = ("splitc.profile", "candidates")
@@ -111,34 +141,253 @@ class PlanPass(Pass):
         candidates = ctx.candidates
         if not candidates.nodes:
             raise SplitcError("the model has no operations to place")
+        settings = PlanSettings.from_options(ctx.options)
         links = resolve_links(ctx.tiers, ctx.options.bandwidths, ctx.options.rtts_ms)
         problem = build_problem(gm, candidates, ctx.tiers, links)
         problem = adjust_problem(problem, gm, candidates, ctx)  # wire bytes / coder time of --transfer-dtype, --bottleneck
+        if settings.workload == "training":
+            problem = training_problem(problem)
         if getattr(ctx, "exits", None) is not None:  # early exits: thresholds chosen jointly with the cuts;
             from splitc.compiler.exits import plan_exits  # the problem comes back weighted by reach
             problem = plan_exits(problem, ctx, forced_cuts)
+        dcor = ctx.privacy.dcor if getattr(ctx, "privacy", None) is not None else None
         names = [t.name for t in ctx.tiers]
-        if len(ctx.tiers) == 1:
-            best, ranking, alternatives, forced = choice(problem, candidates, ()), [], [], False
-            if best.memory_bytes[0] > problem.memory[0]:
+        if len(ctx.tiers) == 1 or ctx.options.split:
+            cuts = forced_cuts(ctx.options.split, candidates, problem, ctx.tiers) if ctx.options.split else ()
+            metrics = evaluate_plans(problem, ctx.tiers, np.array([cuts], dtype=np.int64), settings.rps, dcor=dcor)
+            if not metrics.fits[0]:
                 raise _memory_error(problem, ctx.tiers)
-        elif ctx.options.split:
-            cuts = forced_cuts(ctx.options.split, candidates, problem, ctx.tiers)
-            best, ranking, alternatives, forced = choice(problem, candidates, cuts), [], [], True
+            best = choice(problem, candidates, cuts, metrics)
+            _warn_forced(best, settings)
+            ranking, alternatives, pareto, forced = [], [], [], bool(ctx.options.split)
+            evaluated, exhaustive = 1, True
         else:
             try:
                 solution = solve_chain(problem)
             except ValueError:
                 raise _memory_error(problem, ctx.tiers) from None
-            best = choice(problem, candidates, solution.cuts)
+            metrics, selection = select(problem, ctx.tiers, settings, dcor, solution, candidates)
+            best = choice(problem, candidates, tuple(metrics.cuts[selection.index]), metrics)
             ranking = _ranking(solution, candidates)
-            alternatives = _alternatives(solution, problem, candidates, ctx.options.alternatives)
-            forced = False
-        ctx.plan_result = PlanResult(names, links, best, forced, alternatives, ranking)
-        where = ", ".join(f"after {a or 'input'}" for a in best.after) or "no cut"
-        summary = (f"{'forced' if forced else 'best'} cut(s): {where}; predicted "
-                   f"{best.latency_s * 1e3:.2f} ms ({len(candidates.cuts)} candidates)")
+            if settings.default_objective:
+                alternatives = _alternatives(solution, problem, candidates, ctx.options.alternatives, metrics)
+            else:
+                ranked = [i for i in selection.ranked() if i != selection.index][:ctx.options.alternatives]
+                alternatives = [choice(problem, candidates, tuple(metrics.cuts[i]), metrics) for i in ranked]
+            front = np.flatnonzero(selection.pareto)
+            front = front[np.argsort(metrics.latency_s[front], kind="stable")]
+            pareto = [choice(problem, candidates, tuple(metrics.cuts[i]), metrics) for i in front]
+            forced, evaluated, exhaustive = False, len(metrics), metrics.exhaustive
+        variants = []
+        if settings.bandwidth_range is not None and len(ctx.tiers) > 1 and not ctx.options.split:
+            variants = bandwidth_variants(problem, ctx.tiers, settings, dcor, candidates)
+        objective = {**settings.to_dict(), "plans_evaluated": evaluated, "exhaustive": exhaustive}
+        indifference = cost_indifference(gm, candidates, ctx.tiers, best, problem)
+        if indifference:
+            objective["indifference"] = indifference
+        ctx.plan_result = PlanResult(names, links, best, forced, alternatives, ranking, objective, pareto, variants)
+        summary = (f"{'forced' if forced else 'best'} cut(s): {best.describe()}; predicted "
+                   f"{best.latency_s * 1e3:.2f} ms{_cost_words(best)} ({len(candidates.cuts)} candidates, "
+                   f"objective {settings.name})")
         return PassResult(gm, modified=False, summary=summary)
+
+
+@dataclass(frozen=True)
+class PlanSettings:
+    """The planner's objective and constraints, validated from the compile options."""
+
+    name: str
+    weights: Weights
+    rps: float
+    slo_s: float | None
+    max_dcor: float | None
+    workload: str
+    bandwidth_range: tuple[float, float] | None
+
+    @classmethod
+    def from_options(cls, options) -> "PlanSettings":
+        objective = options.objective
+        if options.weights and objective == "latency":  # --weights alone means the weighted objective
+            objective = "weighted"
+        weights = parse_objective(objective, options.weights)
+        rps = float(options.rps)
+        if not math.isfinite(rps) or rps <= 0:
+            raise SplitcError(f"--rps must be a positive request rate, got {options.rps:g}",
+                              "give the expected requests per second, e.g. --rps 50")
+        slo = options.slo_ms
+        if slo is not None and (not math.isfinite(slo) or slo <= 0):
+            raise SplitcError(f"--slo-ms must be a positive number of milliseconds, got {slo:g}")
+        if options.max_dcor is not None and not 0 <= options.max_dcor <= 1:
+            raise SplitcError(f"--max-dcor must be in [0, 1] (a distance correlation), got {options.max_dcor:g}")
+        if options.workload not in ("inference", "training"):
+            raise SplitcError(f"unknown workload '{options.workload}'", "valid workloads: inference, training")
+        if options.workload == "training" and tuple(options.exits) not in ((), ("none",)):
+            raise SplitcError("--workload training has no early exits (every sample runs the whole model)",
+                              "drop --exits")
+        return cls(objective, weights, rps, None if slo is None else slo / 1e3, options.max_dcor, options.workload,
+                   _parse_range(options.bandwidth_range) if options.bandwidth_range else None)
+
+    @property
+    def default_objective(self) -> bool:
+        """Latency only and unconstrained: the DP's optimum is the answer."""
+        return self.weights.pure_latency and self.slo_s is None and self.max_dcor is None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "weights": self.weights.to_dict(), "rps": self.rps, "slo_s": self.slo_s,
+                "slo_applies_to": "p50", "max_dcor": self.max_dcor, "workload": self.workload,
+                **({"bandwidth_range_bps": list(self.bandwidth_range)} if self.bandwidth_range else {})}
+
+
+def _parse_range(text: str) -> tuple[float, float]:
+    lo_text, sep, hi_text = str(text).partition(":")
+    if not sep:
+        raise SplitcError(f"--bandwidth-range '{text}' is not LOW:HIGH", "e.g. --bandwidth-range 1mbps:100mbps")
+    lo, hi = parse_bandwidth(lo_text), parse_bandwidth(hi_text)
+    if not 0 < lo < hi:
+        raise SplitcError(f"--bandwidth-range needs 0 < LOW < HIGH, got {text}")
+    return float(lo), float(hi)
+
+
+def select(problem: ChainProblem, tiers, settings: PlanSettings, dcor, solution, candidates):
+    """Evaluate the plans and choose one (see :mod:`splitc.compiler.objectives`)."""
+    plans, exhaustive = candidate_plans(problem, solution.best_at)
+    if not (plans == np.asarray(solution.cuts)).all(axis=1).any():  # a restricted set keeps the DP optimum
+        plans = np.vstack([np.asarray(solution.cuts, dtype=np.int64).reshape(1, -1), plans])
+    metrics = evaluate_plans(problem, tiers, plans, settings.rps, dcor=dcor, exhaustive=exhaustive)
+
+    def describe(i: int) -> str:
+        return ", ".join(f"after {candidates.cuts[int(c)].after or 'input'}" for c in metrics.cuts[i])
+
+    try:
+        selection = select_plan(metrics, settings.weights, slo_s=settings.slo_s, max_dcor=settings.max_dcor,
+                                describe=describe)
+    except ValueError:
+        raise _memory_error(problem, tiers) from None
+    if settings.default_objective:  # exact DP optimum (ties may differ from the enumeration's order)
+        selection.index = metrics.index_of(solution.cuts)
+    return metrics, selection
+
+
+def bandwidth_variants(problem: ChainProblem, tiers, settings: PlanSettings, dcor, candidates,
+                       grid: int = 33, rel_tol: float = 1e-3) -> list[dict[str, Any]]:
+    """Plans optimal across ``--bandwidth-range`` of the first link, and where the optimum switches.
+
+    Only the first link varies (the device uplink, the one that changes in the field).
+    The choice is re-made (same objective and constraints) on a log grid of bandwidths;
+    wherever two neighbouring grid points choose different plans, the switching bandwidth
+    is bisected (in log space) to ``rel_tol``. A plan may win on several disjoint ranges;
+    each range is listed. Grid points where no plan meets the constraints are reported
+    as such instead of failing the whole compile.
+    """
+    lo, hi = settings.bandwidth_range
+
+    def at(bw: float) -> ChainProblem:
+        bandwidth = problem.bandwidth.copy()
+        bandwidth[0] = bw
+        return dataclasses.replace(problem, bandwidth=bandwidth)
+
+    def choose(bw: float) -> tuple[int, ...] | None:
+        varied = at(bw)
+        try:
+            solution = solve_chain(varied)
+            metrics, selection = select(varied, tiers, settings, dcor, solution, candidates)
+        except (SplitcError, ValueError):
+            return None
+        return tuple(int(c) for c in metrics.cuts[selection.index])
+
+    points = np.geomspace(lo, hi, grid)
+    chosen = [choose(float(b)) for b in points]
+
+    edges = []  # (bandwidth where the plan changes, plan below, plan above)
+    for (b0, p0), (b1, p1) in zip(zip(points, chosen), zip(points[1:], chosen[1:])):
+        if p0 == p1:
+            continue
+        left, right = float(b0), float(b1)
+        while right / left > 1 + rel_tol:
+            mid = math.sqrt(left * right)
+            if choose(mid) == p0:
+                left = mid
+            else:
+                right = mid
+        edges.append((math.sqrt(left * right), p0, p1))
+    ranges, start, current = [], lo, chosen[0]
+    for bw, _, above in edges:
+        ranges.append((start, bw, current))
+        start, current = bw, above
+    ranges.append((start, hi, current))
+    out = []
+    for low, high, plan in ranges:
+        entry: dict[str, Any] = {"range_bps": [low, high]}
+        if plan is None:
+            entry["plan"] = None
+            entry["reason"] = "no plan meets the constraints at these bandwidths"
+        else:
+            mid = math.sqrt(low * high)
+            metrics = evaluate_plans(at(mid), tiers, np.array([plan]), settings.rps, dcor=dcor)
+            entry["plan"] = choice(at(mid), candidates, plan, metrics).to_dict()
+            entry["plan"]["evaluated_at_bps"] = mid
+            # latency of this plan over the whole range, for the report's plot (not written to the manifest)
+            curve = np.geomspace(lo, hi, 48)
+            entry["curve"] = {"bandwidth_bps": curve.tolist(),
+                              "latency_s": [float(evaluate_cuts(at(float(b)), plan)["total"]) for b in curve]}
+        out.append(entry)
+    return out
+
+
+#: Built-in counterparts for the VM-vs-FaaS comparison when the chain has only one of the two.
+COUNTERPART = {"vm": "aws-lambda", "faas": "c6i-xlarge"}
+
+
+def cost_indifference(gm, candidates: Candidates, tiers, best: PlanChoice, problem: ChainProblem) -> list[dict]:
+    """For each cloud tier of the chosen plan, the request rate where VM and FaaS cost the same for its partition.
+
+    The partition is priced on a VM target and on a FaaS target: the other priced tier of the
+    chain when it has both kinds (a hybrid chain), else the built-in counterpart
+    (:data:`COUNTERPART`). Each target's busy time comes from its own cost model. Below the
+    rate FaaS is cheaper, above it the VM (see :func:`splitc.targets.pricing.indifference_rps`).
+    """
+    from splitc.targets.pricing import indifference_rps
+    from splitc.targets.target import TargetRegistry
+
+    by_model = {t.price["model"]: t for t in tiers if t.price["model"] in ("vm", "faas")}
+    by_name = {n.name: n for n in gm.graph.nodes}
+    bounds = (0, *best.cuts, problem.n)
+    out = []
+    for t, target in enumerate(tiers):
+        model = target.price["model"]
+        if model not in COUNTERPART or bounds[t + 1] <= bounds[t]:
+            continue
+        other_model = "faas" if model == "vm" else "vm"
+        other = by_model.get(other_model) or TargetRegistry.with_builtins().resolve_chain([COUNTERPART[model]])[0]
+        nodes = [by_name[name] for name in candidates.nodes[bounds[t]:bounds[t + 1]]]
+        busy = {model: float(node_times(nodes, target).sum()), other_model: float(node_times(nodes, other).sum())}
+        vm, faas = (target, other) if model == "vm" else (other, target)
+        if busy["vm"] <= 0 or busy["faas"] <= 0:
+            continue
+        memory = problem.memory_of(bounds[t], bounds[t + 1])
+        try:
+            rate = indifference_rps(vm, busy["vm"], faas, busy["faas"], memory)
+        except SplitcError as exc:  # e.g. the partition does not fit the function's memory
+            out.append({"tier": target.name, "vm": vm.name, "faas": faas.name, "rps": None, "note": exc.one_line()})
+            continue
+        out.append({"tier": target.name, "vm": vm.name, "faas": faas.name, "vm_busy_s": busy["vm"],
+                    "faas_busy_s": busy["faas"], "rps": rate if math.isfinite(rate) else None})
+    return out
+
+
+def _warn_forced(best: PlanChoice, settings: PlanSettings) -> None:
+    m = best.metrics
+    if settings.slo_s is not None and m.get("p50_s", 0.0) > settings.slo_s:
+        log.warning("[plan] the forced split's predicted p50 %.2f ms exceeds --slo-ms %g", m["p50_s"] * 1e3,
+                    settings.slo_s * 1e3)
+    if settings.max_dcor is not None and m.get("dcor") is not None and m["dcor"] > settings.max_dcor:
+        log.warning("[plan] the forced split leaks distance correlation %.3f > --max-dcor %g", m["dcor"],
+                    settings.max_dcor)
+
+
+def _cost_words(best: PlanChoice) -> str:
+    usd = best.metrics.get("usd_per_million")
+    return "" if usd is None else f", ${usd:.4g} per million requests"
 
 
 def forced_cuts(split: tuple[str, ...], candidates: Candidates, problem: ChainProblem, tiers) -> tuple[int, ...]:
@@ -188,7 +437,7 @@ def _ranking(solution, candidates: Candidates) -> list[list[dict]]:
     return tables
 
 
-def _alternatives(solution, problem, candidates, count: int) -> list[PlanChoice]:
+def _alternatives(solution, problem, candidates, count: int, metrics=None) -> list[PlanChoice]:
     seen = {solution.cuts}
     pool = []
     for b, row in enumerate(solution.best_at):
@@ -201,7 +450,7 @@ def _alternatives(solution, problem, candidates, count: int) -> list[PlanChoice]
             if len(pool) >= count * len(solution.best_at):
                 break
     pool.sort()
-    return [choice(problem, candidates, plan) for _, plan in pool[:count]]
+    return [choice(problem, candidates, plan, metrics) for _, plan in pool[:count]]
 
 
 def _memory_error(problem: ChainProblem, tiers) -> SplitcError:

@@ -24,13 +24,32 @@ import onnxruntime as ort
 
 from splitc.runtime_stubs.encoding import decode, encode
 
-__all__ = ["BundleRunner", "load_manifest"]
+__all__ = ["BundleRunner", "load_manifest", "select_variant"]
 
 
 def load_manifest(bundle: str | Path) -> dict[str, Any]:
     """Read ``manifest.json`` of a bundle folder."""
     with open(Path(bundle) / "manifest.json", encoding="utf-8") as handle:
         return json.load(handle)
+
+
+def select_variant(bundle: str | Path, bandwidth_bps: float) -> Path:
+    """The bundle folder to serve when the first link measures ``bandwidth_bps``.
+
+    A bundle compiled with ``--bandwidth-range`` lists, in ``plan.variants``, the plan that
+    wins on each range of the first link's bandwidth and the folder of its bundle. Outside
+    the compiled range the nearest end's variant is used. A bundle without variants is
+    returned as is.
+    """
+    bundle = Path(bundle)
+    variants = [v for v in load_manifest(bundle)["plan"].get("variants", []) if v.get("bundle")]
+    if not variants:
+        return bundle
+    if not bandwidth_bps > 0:
+        raise ValueError(f"measured bandwidth must be > 0 bit/s, got {bandwidth_bps}")
+    best = min(variants, key=lambda v: 0.0 if v["range_bps"][0] <= bandwidth_bps <= v["range_bps"][1]
+               else min(abs(np.log(bandwidth_bps / v["range_bps"][0])), abs(np.log(bandwidth_bps / v["range_bps"][1]))))
+    return (bundle / best["bundle"]).resolve()
 
 
 class BundleRunner:

@@ -34,7 +34,7 @@ from typing import Any, Callable
 import yaml
 
 from splitc.errors import SplitcError
-from splitc.op_classes import OP_CLASSES
+from splitc.op_classes import EFFICIENCY_REFINEMENTS, OP_CLASSES
 from splitc.units import (
     format_bandwidth,
     format_bytes,
@@ -65,8 +65,10 @@ log = logging.getLogger(__name__)
 
 #: Kinds of tier, in the order a chain usually runs (used to sort listings).
 KINDS: tuple[str, ...] = ("device", "edge", "cloud-vm", "faas")
-#: Runtimes a partition can be exported for.
-BACKENDS: tuple[str, ...] = ("onnxruntime", "tensorrt")
+#: Runtimes a target's figures model. ``onnxruntime`` and ``tensorrt`` choose export artifacts
+#: (see targets/emit.py); ``torch`` is eager PyTorch (``splitc profile --device cuda``): its
+#: partitions are still written as ONNX, it only says what the cost-model figures were measured with.
+BACKENDS: tuple[str, ...] = ("onnxruntime", "tensorrt", "torch")
 #: Numeric precisions a target may list (each needs a ``peak_flops`` entry).
 PRECISIONS: tuple[str, ...] = ("fp32", "tf32", "fp16", "bf16", "int8", "fp8")
 #: How a tier is paid for.
@@ -385,8 +387,8 @@ def _fraction(value: Any) -> float:
 
 def _efficiency(value: Any) -> dict[str, float]:
     table = _mapping(value)
-    _exact_keys(table, OP_CLASSES, (), "efficiency")
-    return {c: _fraction(table[c]) for c in OP_CLASSES}
+    _exact_keys(table, OP_CLASSES, tuple(EFFICIENCY_REFINEMENTS), "efficiency")
+    return {c: _fraction(table[c]) for c in (*OP_CLASSES, *EFFICIENCY_REFINEMENTS) if c in table}
 
 
 def _op_class_set(value: Any) -> frozenset[str]:

@@ -16,14 +16,8 @@ from splitc.compiler.cli import main
 from splitc.compiler.manifest import validate_manifest
 from splitc.compiler.verify import verify_bundle
 from splitc.runtime_stubs.runner import BundleRunner
+from tests.cli import run_cli
 from tests.models import Residual
-
-
-def run_cli(capsys, *args: str) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exit_info:
-        main(list(args))
-    out, err = capsys.readouterr()
-    return exit_info.value.code, out, err
 
 
 @pytest.fixture(scope="module")
