@@ -40,14 +40,13 @@ leakage. When a constraint removes every plan the error says the best reachable 
 
 from __future__ import annotations
 
-import itertools
 import math
 from dataclasses import dataclass, replace
 from typing import Any, Sequence
 
 import numpy as np
 
-from splitc.compiler.planner import ChainProblem, feasible_starts, range_memory
+from splitc.compiler.planner import ChainProblem, range_memory
 from splitc.errors import SplitcError
 
 __all__ = ["OBJECTIVES", "Weights", "parse_objective", "PlanMetrics", "candidate_plans", "evaluate_plans",
@@ -178,10 +177,11 @@ def candidate_plans(problem: ChainProblem, best_at: np.ndarray | None = None,
         for b in range(k - 1):
             row = best_at[b, legal]
             pools.append(np.sort(legal[np.argsort(row, kind="stable")[:per]]))
-    if k == 2:
-        return pools[0].reshape(-1, 1).astype(np.int64), exhaustive
-    rows = [c for c in itertools.product(*pools) if all(a <= b for a, b in zip(c, c[1:]))]
-    return np.array(rows, dtype=np.int64).reshape(-1, k - 1), exhaustive
+    rows = pools[0].reshape(-1, 1).astype(np.int64)
+    for pool in pools[1:]:  # extend every partial plan by each cut not before its last one (vectorised)
+        left, right = np.nonzero(rows[:, -1][:, None] <= pool[None, :])
+        rows = np.hstack([rows[left], pool[right].reshape(-1, 1).astype(np.int64)])
+    return rows, exhaustive
 
 
 def evaluate_plans(problem: ChainProblem, tiers, cuts: np.ndarray, rps: float, *,
@@ -205,7 +205,6 @@ def evaluate_plans(problem: ChainProblem, tiers, cuts: np.ndarray, rps: float, *
     bounds = np.hstack([np.zeros((count, 1), np.int64), cuts, np.full((count, 1), n, np.int64)])
     reach_pos = np.ones(n + 1) if problem.reach is None else np.asarray(problem.reach, dtype=np.float64)
     plain = replace(problem, reach=None)
-    starts_ok = feasible_starts(problem)
 
     expected = np.zeros(count)
     fits = np.ones(count, dtype=bool)
@@ -220,8 +219,8 @@ def evaluate_plans(problem: ChainProblem, tiers, cuts: np.ndarray, rps: float, *
         unweighted = _prefix(problem.node_time[t])
         expected += weighted[e] - weighted[s]
         busy[:, t] = unweighted[e] - unweighted[s]
-        fits &= (e <= s) | (s >= starts_ok[t][e])
         memory[:, t] = range_memory(problem, s, e)
+        fits &= memory[:, t] <= problem.memory[t]
         reach[:, t] = reach_pos[s]
         elapsed += busy[:, t]
         path[:, t] = elapsed
@@ -300,17 +299,18 @@ def _cold_latency(tiers, cold_share: np.ndarray, q: float) -> np.ndarray:
 
 
 def pareto_mask(values: np.ndarray) -> np.ndarray:
-    """Rows of ``values`` (``[P, m]``, lower is better) that no other row dominates; duplicates keep one."""
+    """Rows of ``values`` (``[P, m]``, lower is better) that no other row dominates; duplicates keep one.
+
+    Repeatedly keeps the lexicographically smallest remaining row (no remaining row can
+    dominate it) and drops every row it weakly dominates: O(front size x P), vectorised.
+    """
     values = np.asarray(values, dtype=np.float64)
-    order = np.lexsort(values.T[::-1])  # by first column, then the next...
     keep = np.zeros(len(values), dtype=bool)
-    front: list[np.ndarray] = []
-    for i in order:
-        v = values[i]
-        if any(np.all(f <= v) for f in front):  # dominated or equal to a kept row
-            continue
-        front.append(v)
-        keep[i] = True
+    remaining = np.lexsort(values.T[::-1])  # by first column, then the next...
+    while remaining.size:
+        best = remaining[0]
+        keep[best] = True
+        remaining = remaining[~np.all(values[remaining] >= values[best], axis=1)]
     return keep
 
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["ChainProblem", "ChainSolution", "solve_chain", "evaluate_cuts", "feasible_starts", "range_memory"]
+__all__ = ["ChainProblem", "ChainSolution", "solve_chain", "evaluate_cuts", "range_memory"]
 
 INF = float("inf")
 
@@ -167,17 +167,6 @@ def _feasible_windows(problem: ChainProblem, tier: int, rmax: _RangeMax,
             end += 1
         hi[start] = end
     return lo, hi
-
-
-def feasible_starts(problem: ChainProblem) -> list[np.ndarray]:
-    """Per tier, ``lo[c]``: the first start ``s`` such that nodes ``[s, c)`` fit the tier's memory.
-
-    A range ``[s, e)`` fits tier ``t`` iff ``s >= lo[t][e]`` (memory only grows with the range), which
-    lets :mod:`splitc.compiler.objectives` check the memory of many plans at once.
-    """
-    pparams = _prefix(problem.param_bytes)
-    rmax = _RangeMax(problem.cut_bytes)
-    return [_feasible_windows(problem, t, rmax, pparams)[0] for t in range(problem.tiers)]
 
 
 def range_memory(problem: ChainProblem, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
