@@ -16,7 +16,6 @@ import pytest
 import torch
 from torch import nn
 
-from splitc.compiler.cli import main
 from splitc.compiler.context import CompileOptions
 from splitc.compiler.privacy import (NOT_IMAGE_NOTE, PrivacyProfile, attack_cut, distance_correlation,
                                      distance_correlation_sq, privacy_requested, profile_privacy, rank_disagreements,
@@ -25,6 +24,7 @@ from splitc.errors import SplitcError
 from splitc.passes.candidates import CandidatesPass
 from splitc.passes.privacy_profile import PrivacyProfilePass
 from splitc.passes.profile import ProfilePass
+from tests.cli import run_cli
 from tests.conftest import make_context
 
 # ---------------------------------------------------------------- distance correlation on known distributions
@@ -214,16 +214,25 @@ def test_attacker_is_worse_at_a_deeper_cut_and_the_proxy_agrees(mnist_graph, tmp
     assert not mismatches, mismatches  # shallowest vs deepest reversed would mean the proxy is useless
 
 
-def _run_cli(capsys, *args: str) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exit_info:
-        main(list(args))
-    out, err = capsys.readouterr()
-    return exit_info.value.code, out, err
+def test_bundle_attack_sees_exactly_what_the_bundle_sends(mnist_graph, mnist_example, tmp_path):
+    """A uint8 wire costs the attacker almost nothing; what it attacks is the decoded wire of the real bundle."""
+    from splitc.compiler.pipeline import compile_model
+    from splitc.compiler.privacy import attack_bundle
+
+    gm, candidates, calib = mnist_graph
+    options = CompileOptions(targets=("jetson", "cloud-gpu"), split=("relu_3",), transfer_dtype="uint8",
+                             calib=str(mnist_example / "calib.npz"))
+    bundle = compile_model(str(mnist_example / "mnist_cnn.pt"), options, tmp_path / "b").out
+    on_wire = attack_bundle(bundle, mnist_example / "calib.npz", epochs=4, max_samples=300, png=tmp_path / "w.png")
+    in_graph = attack_cut(gm, candidates, candidates.index_of("relu_3"), calib.inputs, epochs=4, max_samples=300)
+    assert on_wire.samples == in_graph.samples == 60
+    assert abs(on_wire.psnr_db - in_graph.psnr_db) < 1.5, (on_wire.to_dict(), in_graph.to_dict())
+    assert (tmp_path / "w.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_cli_privacy_on_mnist_writes_the_report(mnist_example, tmp_path, capsys):
     report = tmp_path / "report"
-    code, out, err = _run_cli(capsys, "privacy", str(mnist_example / "mnist_cnn.pt"), "--target", "jetson,cloud-gpu",
+    code, out, err = run_cli(capsys, "privacy", str(mnist_example / "mnist_cnn.pt"), "--target", "jetson,cloud-gpu",
                               "--calib", str(mnist_example / "calib.npz"), "--top", "1", "--epochs", "3",
                               "--samples", "64", "--max-samples", "200", "--report", str(report))
     assert code == 0, err
@@ -239,7 +248,7 @@ def test_cli_privacy_on_mnist_writes_the_report(mnist_example, tmp_path, capsys)
 
 
 def test_cli_privacy_without_calib_is_one_line_exit_2(mnist_example, capsys):
-    code, out, err = _run_cli(capsys, "privacy", str(mnist_example / "mnist_cnn.pt"), "--target", "jetson,cloud-gpu")
+    code, out, err = run_cli(capsys, "privacy", str(mnist_example / "mnist_cnn.pt"), "--target", "jetson,cloud-gpu")
     assert code == 2
     assert err.startswith("error: splitc privacy needs calibration data") and "--calib" in err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
