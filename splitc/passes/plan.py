@@ -224,8 +224,15 @@ class PlanSettings:
         if options.workload == "training" and tuple(options.exits) not in ((), ("none",)):
             raise SplitcError("--workload training has no early exits (every sample runs the whole model)",
                               "drop --exits")
-        return cls(objective, weights, rps, None if slo is None else slo / 1e3, options.max_dcor, options.workload,
-                   _parse_range(options.bandwidth_range) if options.bandwidth_range else None)
+        settings = cls(objective, weights, rps, None if slo is None else slo / 1e3, options.max_dcor, options.workload,
+                       _parse_range(options.bandwidth_range) if options.bandwidth_range else None)
+        if tuple(options.exits) not in ((), ("none",)) and not settings.default_objective:
+            # exit thresholds are chosen jointly with the latency-optimal cuts (compiler/exits.py); another
+            # objective could pick cuts where the kept exits no longer sit at a tier boundary
+            raise SplitcError("--exits are planned jointly with the latency-optimal cuts; --objective "
+                              f"{objective}, --slo-ms and --max-dcor cannot be combined with them yet",
+                              "drop --exits, or plan for latency (the plan table still reports cost and p50/p99)")
+        return settings
 
     @property
     def default_objective(self) -> bool:
