@@ -49,7 +49,7 @@ import numpy as np
 from splitc.compiler.planner import ChainProblem, range_memory
 from splitc.errors import SplitcError
 
-__all__ = ["OBJECTIVES", "Weights", "parse_objective", "PlanMetrics", "candidate_plans", "evaluate_plans",
+__all__ = ["OBJECTIVES", "Weights", "parse_objective", "weights_of", "PlanMetrics", "candidate_plans", "evaluate_plans",
            "pareto_mask", "select_plan", "MAX_PLANS"]
 
 OBJECTIVES = ("latency", "cost", "privacy", "weighted")
@@ -116,6 +116,14 @@ def parse_objective(objective: str, weights: Sequence[str] = ()) -> Weights:
     if not any(values.values()):
         raise SplitcError("every --weights value is 0", "give at least one objective a positive weight")
     return Weights(values.get("latency", 0.0), values.get("cost", 0.0), values.get("privacy", 0.0))
+
+
+def weights_of(options) -> Weights:
+    """The weights a compile's options ask for: ``--weights`` alone (objective left at latency) means weighted."""
+    objective = options.objective
+    if options.weights and objective == "latency":
+        objective = "weighted"
+    return parse_objective(objective, options.weights)
 
 
 @dataclass
@@ -233,10 +241,12 @@ def evaluate_plans(problem: ChainProblem, tiers, cuts: np.ndarray, rps: float, *
     p50 = _quantile(path, share_end, 0.5)
     p99 = _quantile(path, share_end, 0.99)
     if with_cost:
-        tier_usd, cold_share = _tier_costs(tiers, busy, memory, reach, rps)
+        tier_usd, cold_share, cold_s = _tier_costs(tiers, busy, memory, reach, rps)
         fits &= np.isfinite(tier_usd).all(axis=1)  # e.g. a partition larger than a FaaS tier's memory size
-        p50 = p50 + _cold_latency(tiers, cold_share, 0.5)
-        p99 = p99 + _cold_latency(tiers, cold_share, 0.99)
+        # a tier's cold start counts at quantile q once more than 1 - q of all requests pay it (cold requests
+        # are the slowest; see splitc.targets.pricing.ColdStart)
+        p50 = p50 + ((cold_share > 0.5) * cold_s).sum(axis=1)
+        p99 = p99 + ((cold_share > 0.01) * cold_s).sum(axis=1)
     usd = tier_usd.sum(axis=1)
     leak = None
     if dcor is not None:
@@ -264,8 +274,9 @@ def _quantile(path: np.ndarray, share_end: np.ndarray, q: float) -> np.ndarray:
 
 
 def _tier_costs(tiers, busy: np.ndarray, memory: np.ndarray, reach: np.ndarray,
-                rps: float) -> tuple[np.ndarray, np.ndarray]:
-    """USD per request entering tier 0, per tier (reach-weighted), and each FaaS tier's cold share of all requests.
+                rps: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per tier: USD per request entering tier 0 (reach-weighted), each FaaS tier's cold share of all
+    requests, and its cold-start seconds (``[k]``; 0 for tiers without cold starts).
 
     A partition a FaaS tier cannot hold gets an infinite cost (the plan is then infeasible).
     """
@@ -273,6 +284,7 @@ def _tier_costs(tiers, busy: np.ndarray, memory: np.ndarray, reach: np.ndarray,
 
     usd = np.zeros(busy.shape)
     cold = np.zeros(busy.shape)
+    seconds = np.zeros(busy.shape[1])
     for t, target in enumerate(tiers):
         runs = busy[:, t] > 0  # a tier that runs nothing is not provisioned
         if not runs.any():
@@ -282,20 +294,8 @@ def _tier_costs(tiers, busy: np.ndarray, memory: np.ndarray, reach: np.ndarray,
         start = tier_cold_start(target, rps * reach[runs, t])
         if start is not None:
             cold[runs, t] = start.share * reach[runs, t]
-    return usd, cold
-
-
-def _cold_latency(tiers, cold_share: np.ndarray, q: float) -> np.ndarray:
-    """Latency cold starts add at quantile ``q``: a tier's cold start counts once more than ``1 - q`` of all
-    requests pay it (cold requests are the slowest; see :class:`splitc.targets.pricing.ColdStart`)."""
-    from splitc.targets.pricing import tier_cold_start
-
-    added = np.zeros(len(cold_share))
-    for t, target in enumerate(tiers):
-        start = tier_cold_start(target, 1.0)
-        if start is not None:
-            added += np.where(cold_share[:, t] > 1.0 - q, start.cold_start_s, 0.0)
-    return added
+            seconds[t] = start.cold_start_s
+    return usd, cold, seconds
 
 
 def pareto_mask(values: np.ndarray) -> np.ndarray:
@@ -377,9 +377,11 @@ def select_plan(metrics: PlanMetrics, weights: Weights, *, slo_s: float | None =
     fit_idx = np.flatnonzero(metrics.fits)
     pareto[fit_idx] = pareto_mask(values[fit_idx])
     # ideal and nadir points over the feasible Pareto front: dominated plans (however bad) do not stretch the scale
-    front = np.zeros(len(metrics), dtype=bool)
-    idx = np.flatnonzero(feasible)
-    front[idx] = pareto_mask(values[idx])
+    front = pareto
+    if not np.array_equal(feasible, metrics.fits):  # SLO / leakage bounds removed plans: the front of the rest
+        front = np.zeros(len(metrics), dtype=bool)
+        idx = np.flatnonzero(feasible)
+        front[idx] = pareto_mask(values[idx])
     score = np.zeros(len(metrics))
     for weight, column in zip(w, columns):
         if weight == 0:

@@ -97,17 +97,9 @@ NOT_IMAGE_NOTE = "input is not an image: SSIM skipped, MSE/PSNR only"
 
 def privacy_requested(options: Any) -> bool:
     """Whether the compile asked for privacy: ``--objective privacy``, a ``privacy=w`` weight > 0, or ``--max-dcor``."""
-    if getattr(options, "objective", "latency") == "privacy" or getattr(options, "max_dcor", None) is not None:
-        return True
-    for item in getattr(options, "weights", ()) or ():
-        name, _, value = str(item).partition("=")
-        if name.strip() == "privacy":
-            try:
-                if float(value) > 0:
-                    return True
-            except ValueError:
-                return True  # a malformed weight is the objective parser's error to report; privacy was asked for
-    return False
+    from splitc.compiler.objectives import weights_of
+
+    return options.max_dcor is not None or weights_of(options).privacy > 0
 
 
 # --------------------------------------------------------------------------- distance correlation

@@ -23,7 +23,7 @@ import torch.fx
 from splitc.compiler.compression import adjust_problem
 from splitc.compiler.pass_manager import Pass, PassResult
 from splitc.compiler.plan import LinkSpec, PlanChoice, PlanResult
-from splitc.compiler.objectives import Weights, candidate_plans, evaluate_plans, parse_objective, select_plan
+from splitc.compiler.objectives import Weights, candidate_plans, evaluate_plans, select_plan, weights_of
 from splitc.compiler.planner import ChainProblem, evaluate_cuts, solve_chain
 from splitc.errors import SplitcError
 from splitc.passes.candidates import Candidates
@@ -206,10 +206,8 @@ class PlanSettings:
 
     @classmethod
     def from_options(cls, options) -> "PlanSettings":
-        objective = options.objective
-        if options.weights and objective == "latency":  # --weights alone means the weighted objective
-            objective = "weighted"
-        weights = parse_objective(objective, options.weights)
+        weights = weights_of(options)
+        objective = "weighted" if options.weights else options.objective
         rps = float(options.rps)
         if not math.isfinite(rps) or rps <= 0:
             raise SplitcError(f"--rps must be a positive request rate, got {options.rps:g}",
