@@ -363,7 +363,9 @@ def cost_indifference(gm, candidates: Candidates, tiers, best: PlanChoice, probl
         if model not in COUNTERPART or bounds[t + 1] <= bounds[t]:
             continue
         other_model = "faas" if model == "vm" else "vm"
-        other = by_model.get(other_model) or TargetRegistry.with_builtins().resolve_chain([COUNTERPART[model]])[0]
+        if other_model not in by_model:  # the built-in counterpart, loaded once (parses the catalog)
+            by_model[other_model] = TargetRegistry.with_builtins().resolve_chain([COUNTERPART[model]])[0]
+        other = by_model[other_model]
         nodes = [by_name[name] for name in candidates.nodes[bounds[t]:bounds[t + 1]]]
         busy = {model: float(node_times(nodes, target).sum()), other_model: float(node_times(nodes, other).sum())}
         vm, faas = (target, other) if model == "vm" else (other, target)
