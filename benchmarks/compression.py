@@ -57,7 +57,7 @@ def ensure_model() -> None:
 
 def evaluate(bundle: Path, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     """Accuracy on (x, y) and mean bytes on the wire per request, running the bundle."""
-    from splitc.runtime_stubs.runner import BundleRunner
+    from splitc.runtime.runner import BundleRunner
 
     runner = BundleRunner(bundle, threads=1)
     output = runner.manifest["model"]["outputs"][0]["name"]
@@ -70,8 +70,8 @@ def evaluate(bundle: Path, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
 
 
 def run(configs, out_dir: Path) -> list[dict]:
-    from splitc.compiler.context import CompileOptions
-    from splitc.compiler.pipeline import compile_model
+    from splitc.core.options import CompileOptions
+    from splitc.driver.pipeline import compile_model
 
     test = np.load(MNIST / "test.npz")
     x, y = test["x"].astype(np.float32), test["y"]
@@ -103,7 +103,7 @@ def run(configs, out_dir: Path) -> list[dict]:
 def _has_emit() -> bool:
     from dataclasses import fields
 
-    from splitc.compiler.context import CompileOptions
+    from splitc.core.options import CompileOptions
 
     return "emit" in {f.name for f in fields(CompileOptions)}
 

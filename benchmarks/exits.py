@@ -32,9 +32,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from splitc.compiler.context import CompileOptions  # noqa: E402
-from splitc.compiler.pipeline import compile_model  # noqa: E402
-from splitc.runtime_stubs.runner import BundleRunner  # noqa: E402
+from splitc.core.options import CompileOptions  # noqa: E402
+from splitc.driver.pipeline import compile_model  # noqa: E402
+from splitc.runtime.runner import BundleRunner  # noqa: E402
 
 # (tier chain, forced split): after the stem (2% of FLOPs), block 1 (40%), block 2 (70%); and a
 # 3-tier chain with an exit at each of two cuts

@@ -30,10 +30,10 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from splitc.compiler.context import CompileOptions  # noqa: E402
-from splitc.compiler.objectives import evaluate_plans  # noqa: E402
-from splitc.compiler.pipeline import plan_model  # noqa: E402
-from splitc.passes.plan import build_problem  # noqa: E402
+from splitc.core.options import CompileOptions  # noqa: E402
+from splitc.planning.objectives import evaluate_plans  # noqa: E402
+from splitc.driver.pipeline import plan_model  # noqa: E402
+from splitc.planning.plan import build_problem  # noqa: E402
 
 BANDWIDTHS = ("2mbps", "20mbps", "200mbps")
 TIERS = ("raspberry-pi-4", "cloud-gpu-t4")

@@ -4,7 +4,7 @@ One command (~1-2 min on 2 busy cores)::
 
     python benchmarks/planner_dag.py [--out benchmarks/results/planner_dag.json] [--quick]
 
-1. Time of :func:`splitc.compiler.dag_cut.solve_dag` (graph construction + two Dinic max-flows +
+1. Time of :func:`splitc.planning.dag_cut.solve_dag` (graph construction + two Dinic max-flows +
    residual BFS) on synthetic layered DAGs of 1,000 and 10,000 nodes, 2 and 3 tiers. Each
    layer holds 8 nodes; each node reads 1-3 nodes of the previous two layers (so skip
    connections and multi-consumer tensors occur). Tier speeds 10x / 3x / 1x (10-100 us per
@@ -37,17 +37,17 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from splitc.compiler.context import CompileOptions  # noqa: E402
-from splitc.compiler.dag_cut import solve_dag  # noqa: E402
-from splitc.compiler.pass_manager import PassManager  # noqa: E402
-from splitc.compiler.pipeline import prepare  # noqa: E402
-from splitc.passes.candidates import COMPUTE_OPS  # noqa: E402
-from splitc.passes.eliminate_dead_code import EliminateDeadCodePass  # noqa: E402
-from splitc.passes.fold_constants import FoldConstantsPass  # noqa: E402
-from splitc.passes.fold_static_shapes import FoldStaticShapesPass  # noqa: E402
-from splitc.passes.plan import resolve_links  # noqa: E402
-from splitc.passes.profile import ProfilePass  # noqa: E402
-from splitc.passes.reorder_for_cut import best_prefix_latency, build_dag_problem, reorder_nodes  # noqa: E402
+from splitc.core.options import CompileOptions  # noqa: E402
+from splitc.planning.dag_cut import solve_dag  # noqa: E402
+from splitc.core.pass_manager import PassManager  # noqa: E402
+from splitc.driver.pipeline import prepare  # noqa: E402
+from splitc.core.graph import COMPUTE_OPS  # noqa: E402
+from splitc.core.passes.eliminate_dead_code import EliminateDeadCodePass  # noqa: E402
+from splitc.core.passes.fold_constants import FoldConstantsPass  # noqa: E402
+from splitc.core.passes.fold_static_shapes import FoldStaticShapesPass  # noqa: E402
+from splitc.planning.plan import resolve_links  # noqa: E402
+from splitc.core.passes.profile import ProfilePass  # noqa: E402
+from splitc.planning.reorder_for_cut import best_prefix_latency, build_dag_problem, reorder_nodes  # noqa: E402
 from splitc.targets.target import TargetRegistry  # noqa: E402
 
 CHAINS = [("raspberry-pi-4", "cloud-gpu"), ("jetson-nano", "cloud-gpu"), ("raspberry-pi-4", "edge-cpu", "cloud-gpu")]

@@ -10,7 +10,7 @@ and each setting in :data:`EPSILONS` (no noise, then ``--privacy-epsilon`` from 
 to strong), ``examples/mnist/mnist_cnn.pt`` is compiled for ``jetson,cloud-gpu`` with
 ``examples/mnist/calib.npz`` (the clip norm C is its median norm). Then
 
-* the attacker: :func:`splitc.compiler.privacy.attack_bundle` trains an inversion
+* the attacker: :func:`splitc.privacy.leakage.attack_bundle` trains an inversion
   decoder on what the bundle really sends on link 0 (ONNX Runtime, noise and all) for
   800 calibration digits and scores it on the other 200 (PSNR in dB over [0, 1]
   pixels, SSIM);
@@ -64,7 +64,7 @@ def ensure_model() -> None:
 
 def task_accuracy(bundle: Path, x: np.ndarray, y: np.ndarray) -> float:
     """Top-1 accuracy of the bundle (ONNX Runtime, the reference runner) on ``(x, y)``."""
-    from splitc.runtime_stubs.runner import BundleRunner
+    from splitc.runtime.runner import BundleRunner
 
     runner = BundleRunner(bundle, threads=1)
     runner.use_exits = False
@@ -83,9 +83,9 @@ def unsplit_accuracy(x: np.ndarray, y: np.ndarray) -> float:
 
 def run_one(cut: str, epsilon: float | None, tmp: Path, x, y, epochs: int, png: Path | None) -> dict:
     """Compile, attack and score one (cut, epsilon)."""
-    from splitc.compiler.context import CompileOptions
-    from splitc.compiler.pipeline import compile_model
-    from splitc.compiler.privacy import attack_bundle
+    from splitc.core.options import CompileOptions
+    from splitc.driver.pipeline import compile_model
+    from splitc.privacy.leakage import attack_bundle
 
     options = CompileOptions(targets=("jetson", "cloud-gpu"), split=(cut,), calib=str(MNIST / "calib.npz"),
                              emit=("none",), privacy_epsilon=epsilon, accuracy_target=0.01, absolute_accuracy=True,

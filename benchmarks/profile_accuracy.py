@@ -12,7 +12,7 @@ the compute-node list (the nearest legal cut that ships a single tensor, within
 1/8 of the list; else the nearest legal cut), giving four partitions. They are
 produced by the compiler itself: ``prepare`` + ``default_passes`` with
 ``CompileOptions(split=..., targets=(profiled,) * 4)``, then written by
-:func:`splitc.targets.onnx_export.export_partition` (TorchScript export + onnxsim)
+:func:`splitc.backends.onnx_export.export_partition` (TorchScript export + onnxsim)
 exactly as ``splitc compile`` writes them. Each partition is run in ONNX Runtime
 (CPU, the profile's thread count, default graph optimisations) on the boundary
 tensors the cut pass recorded: warm-up, then the median of >= 10 runs and >= 1 s.
@@ -26,7 +26,7 @@ benchmark models are never used by the profile's fit (no training on the test se
 unless a target file is given) each partition is the compiler's own
 ``torch.fx.GraphModule`` of that partition (``part.graph_module``, what the cut pass
 built), run in eager PyTorch on CUDA, fp32, batch 1, on the same boundary tensors:
-:func:`splitc.targets.profiler.time_torch` (warm-up, ``perf_counter`` around the call
+:func:`splitc.targets.machine_profiler.time_torch` (warm-up, ``perf_counter`` around the call
 and ``torch.cuda.synchronize``, median of >= 50 runs and >= 1 s). The measured figure
 is the partition with each BatchNorm that follows a convolution folded into it
 (``torch.fx.experimental.optimization.fuse``): what splitc's ONNX export does and what
@@ -70,7 +70,7 @@ def get_target(args, tmp: Path) -> tuple[Path, str, dict | None]:
     """The target file to evaluate: the one given, or a fresh profile of this machine."""
     if args.targets_file:
         return Path(args.targets_file), args.target, None
-    from splitc.targets.profiler import ProfileConfig, profile_machine, write_profile
+    from splitc.targets.machine_profiler import ProfileConfig, profile_machine, write_profile
 
     config = ProfileConfig(name="this-machine", threads=args.threads, quick=args.quick, device=args.device,
                            kind="cloud-vm" if args.device == "cuda" else "edge",
@@ -104,7 +104,7 @@ def time_partition_torch(part, quick: bool, device: str = "cuda") -> dict:
     import torch
     from torch.fx.experimental.optimization import fuse
 
-    from splitc.targets.profiler import time_torch
+    from splitc.targets.machine_profiler import time_torch
 
     inputs = [x.to(device) for x in part.example_inputs]
     plain = copy.deepcopy(part.graph_module).eval()
@@ -122,13 +122,13 @@ def time_partition_torch(part, quick: bool, device: str = "cuda") -> dict:
 
 def measure_model(model: str, target_file: Path, target: str, threads: int, quick: bool, tmp: Path,
                   device: str = "cpu") -> dict:
-    from splitc.compiler.context import CompileOptions
-    from splitc.compiler.pass_manager import PassManager
-    from splitc.compiler.pipeline import default_passes, plan_model, prepare
-    from splitc.passes.candidates import COMPUTE_OPS
+    from splitc.core.options import CompileOptions
+    from splitc.core.pass_manager import PassManager
+    from splitc.driver.pipeline import default_passes, plan_model, prepare
+    from splitc.core.graph import COMPUTE_OPS
     from splitc.targets.cost_model import node_time
-    from splitc.targets.onnx_export import export_partition
-    from splitc.targets.profiler import make_session, time_session
+    from splitc.backends.onnx_export import export_partition
+    from splitc.targets.machine_profiler import make_session, time_session
 
     spec, shape = f"torchvision.models:{model}", [(1, 3, 224, 224)]
     planned = plan_model(spec, CompileOptions(targets=(target,) * 2, targets_files=(str(target_file),)), shape)
@@ -200,7 +200,7 @@ def main() -> None:
     import torch
 
     from splitc.errors import SplitcError
-    from splitc.targets.profiler import check_device
+    from splitc.targets.machine_profiler import check_device
 
     try:
         check_device(args.device)  # before minutes of planning: no GPU -> one line, exit 2

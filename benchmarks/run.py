@@ -225,8 +225,8 @@ def bench_compile(cfg: dict, work: Path) -> dict:
     import torch
     import torchvision
 
-    from splitc.compiler.context import CompileOptions
-    from splitc.compiler.pipeline import compile_model
+    from splitc.core.options import CompileOptions
+    from splitc.driver.pipeline import compile_model
 
     spec = f"torchvision.models:{cfg['model']}"
     split = (cfg["split"],)
@@ -416,9 +416,9 @@ def _measure_latency(runner, mono, mono_feeds: dict, split_feeds: dict, warmup: 
 def bench_split(cfg: dict, work: Path) -> dict:
     import numpy as np
 
-    from splitc.compiler.context import CompileOptions
-    from splitc.compiler.pipeline import compile_model
-    from splitc.runtime_stubs.runner import BundleRunner
+    from splitc.core.options import CompileOptions
+    from splitc.driver.pipeline import compile_model
+    from splitc.runtime.runner import BundleRunner
 
     spec = f"torchvision.models:{cfg['model']}"
     split_dir, mono_dir = work / "split_bundle", work / "mono_bundle"
@@ -511,14 +511,15 @@ def build_chain(n: int):
 
 
 def bench_planner(cfg: dict) -> dict:
-    from splitc.compiler.context import CompileContext, CompileOptions
-    from splitc.compiler.loader import InputSpec, make_example_inputs
-    from splitc.compiler.pass_manager import PassManager
-    from splitc.passes.candidates import CandidatesPass
-    from splitc.passes.fold_constants import FoldConstantsPass
-    from splitc.passes.fold_static_shapes import FoldStaticShapesPass
-    from splitc.passes.plan import PlanPass
-    from splitc.passes.profile import ProfilePass
+    from splitc.core.context import CompileContext
+    from splitc.core.options import CompileOptions
+    from splitc.core.loader import InputSpec, make_example_inputs
+    from splitc.core.pass_manager import PassManager
+    from splitc.core.passes.candidates import CandidatesPass
+    from splitc.core.passes.fold_constants import FoldConstantsPass
+    from splitc.core.passes.fold_static_shapes import FoldStaticShapesPass
+    from splitc.planning.plan import PlanPass
+    from splitc.core.passes.profile import ProfilePass
     from splitc.targets.target import TargetRegistry
 
     n = cfg["chain_nodes"]

@@ -41,7 +41,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from splitc.runtime_stubs.process import start_tier_process, stop_tier_process  # noqa: E402
+from splitc.runtime.process import start_tier_process, stop_tier_process  # noqa: E402
 
 MODEL = ROOT / "examples" / "mnist" / "mnist_cnn.pt"
 SPLIT_AT = "relu_3"   # 24.5 KiB boundary tensor (layer2 output, 32 x 14 x 14 fp32)
@@ -68,8 +68,8 @@ _stop = stop_tier_process
 
 def compile_bundles(work: Path, bandwidth: str, rtt_ms: float) -> tuple[Path, Path]:
     """The split bundle (planner told the emulated link) and the monolithic one."""
-    from splitc.compiler.context import CompileOptions
-    from splitc.compiler.pipeline import compile_model
+    from splitc.core.options import CompileOptions
+    from splitc.driver.pipeline import compile_model
 
     if not MODEL.exists():
         subprocess.run([sys.executable, str(ROOT / "examples" / "mnist" / "train_mnist.py")], check=True, cwd=ROOT)
@@ -90,7 +90,7 @@ def _samples(n: int) -> list[dict[str, np.ndarray]]:
 # --------------------------------------------------------------------------- part 1: loopback load
 def load_run(client, samples, references, concurrency: int, max_requests: int, max_seconds: float) -> dict:
     """Closed loop: ``concurrency`` threads send requests until ``max_requests`` or ``max_seconds``."""
-    from splitc.runtime_stubs.client import RemoteError
+    from splitc.runtime.client import RemoteError
 
     latencies, errors, wrong = [], [], []
     counter = iter(range(max_requests))
@@ -126,8 +126,8 @@ def load_run(client, samples, references, concurrency: int, max_requests: int, m
 
 
 def loopback_load(split: Path, mono: Path, concurrencies: list[int], max_requests: int, max_seconds: float) -> dict:
-    from splitc.runtime_stubs.client import SplitClient
-    from splitc.runtime_stubs.runner import BundleRunner
+    from splitc.runtime.client import SplitClient
+    from splitc.runtime.runner import BundleRunner
 
     samples = _samples(64)
     references = [BundleRunner(mono).run(s)["output_0"] for s in samples]
@@ -263,7 +263,7 @@ def namespaces_available() -> tuple[bool, str]:
 
 def link_client(args) -> None:
     """Runs inside the edge namespace (or in-process for the fallback): relay + sequential requests."""
-    from splitc.runtime_stubs.client import SplitClient
+    from splitc.runtime.client import SplitClient
 
     host, port = args.server.removeprefix("http://").split(":")
     relay = DelayRelay(("127.0.0.1", 0), (host, int(port)), args.rtt_ms / 2e3,
@@ -282,7 +282,7 @@ def link_client(args) -> None:
 
 
 def emulated_link(split: Path, bandwidth_bps: float, rtt_ms: float, requests: int, force_fallback: bool) -> dict:
-    from splitc.runtime_stubs.client import SplitClient
+    from splitc.runtime.client import SplitClient
 
     manifest = json.loads((split / "manifest.json").read_text())
     predicted_link_s = manifest["transfers"][0]["predicted_s"]

@@ -1,3 +1,3 @@
-from splitc.compiler.cli import main
+from splitc.driver.cli import main
 
 main()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from splitc.compiler.cli import main
+from splitc.driver.cli import main
 
 
 def run_cli(capsys, *args: str) -> tuple[int, str, str]:

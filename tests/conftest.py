@@ -7,8 +7,9 @@ import logging
 import pytest
 import torch
 
-from splitc.compiler.context import CompileContext, CompileOptions
-from splitc.compiler.loader import InputSpec, make_example_inputs
+from splitc.core.context import CompileContext
+from splitc.core.options import CompileOptions
+from splitc.core.loader import InputSpec, make_example_inputs
 from splitc.targets.target import TargetRegistry
 
 torch.set_num_threads(2)
@@ -48,3 +49,11 @@ def mnist_example(tmp_path_factory):
     np.savez(folder / "calib.npz", x=images[calib], y=labels[calib])
     np.savez(folder / "test.npz", x=images[test], y=labels[test])
     return folder
+
+
+@pytest.fixture(scope="session")
+def bundle3(tmp_path_factory):
+    """A three-tier bundle with every backend artifact kind (tests.serving_bundles.THREE_TIERS), compiled once."""
+    from tests.serving_bundles import three_tier_bundle
+
+    return three_tier_bundle(tmp_path_factory)

@@ -79,8 +79,8 @@ def compile_digits(out: Path, split: str = CUT_4D, **options):
     """Compile the digits CNN for jetson,cloud-gpu with the cut forced at ``split``."""
     from dataclasses import fields
 
-    from splitc.compiler.context import CompileOptions
-    from splitc.compiler.pipeline import compile_model
+    from splitc.core.options import CompileOptions
+    from splitc.driver.pipeline import compile_model
 
     model, calib = trained_digits()
     extra = {"emit": ("none",)} if "emit" in {f.name for f in fields(CompileOptions)} else {}

@@ -1,11 +1,11 @@
-"""Bundles shared by the serving tests (runtime_stubs/ and targets/): compiled once per test session."""
+"""Bundles shared by the serving tests (runtime/ and backends/): compiled once per test session."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from splitc.compiler.context import CompileOptions
-from splitc.compiler.pipeline import compile_model
+from splitc.core.options import CompileOptions
+from splitc.driver.pipeline import compile_model
 
 #: tests.models:Residual on device (jetson: tensorrt) -> edge (edge-cpu: Triton) -> faas (aws-lambda):
 #: every backend artifact kind, two links (one with two tensors), a model small enough for fast tests.

@@ -13,8 +13,8 @@ import json
 
 import pytest
 
-from splitc.compiler.context import CompileOptions
-from splitc.compiler.pipeline import compile_model, plan_model
+from splitc.core.options import CompileOptions
+from splitc.driver.pipeline import compile_model, plan_model
 
 FAST = {
     "resnet18": 64, "mobilenet_v2": 64, "mobilenet_v3_small": 64, "efficientnet_b0": 64, "densenet121": 64,

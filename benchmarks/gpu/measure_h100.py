@@ -52,8 +52,8 @@ WARMUP, RUNS = 10, 50
 def cmd_predict(args: argparse.Namespace) -> None:
     import dataclasses
 
-    from splitc.compiler.context import CompileOptions
-    from splitc.compiler.pipeline import plan_model
+    from splitc.core.options import CompileOptions
+    from splitc.driver.pipeline import plan_model
     from splitc.targets import cost_model
     from splitc.targets.target import TargetRegistry, load_targets_file
 

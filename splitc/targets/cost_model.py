@@ -24,7 +24,8 @@ from typing import TYPE_CHECKING, Iterable
 import numpy as np
 import torch.fx
 
-from splitc.op_classes import FREE_OP_CLASSES
+from splitc.core.op_classes import FREE_OP_CLASSES
+from splitc.core.passes.profile import DEPTHWISE, FLOPS, FOLDABLE, IN_BYTES, OP_CLASS, OUT_BYTES, PARAM_BYTES
 
 if TYPE_CHECKING:
     from splitc.targets.target import Link, Target
@@ -45,19 +46,19 @@ def precision_of(node: torch.fx.Node) -> str:
 def node_time(node: torch.fx.Node, target: "Target") -> float:
     """Predicted seconds for one call of ``node`` on ``target`` (needs the profile pass)."""
     meta = node.meta
-    op_class = meta.get("splitc.op_class", "other")
-    if op_class in FREE_OP_CLASSES or meta.get("splitc.foldable"):
+    op_class = meta.get(OP_CLASS, "other")
+    if op_class in FREE_OP_CLASSES or meta.get(FOLDABLE):
         return 0.0
-    flops = float(meta.get("splitc.flops", 0))
+    flops = float(meta.get(FLOPS, 0))
     precision = precision_of(node)
     peak = target.peak_flops.get(precision) or target.peak_flops["fp32"]
     efficiency = target.efficiency.get(op_class, target.efficiency["other"])
-    if meta.get("splitc.depthwise"):  # a refinement the target may measure (splitc profile); else conv's
+    if meta.get(DEPTHWISE):  # a refinement the target may measure (splitc profile); else conv's
         efficiency = target.efficiency.get("conv_depthwise", efficiency)
     compute = flops / (peak * efficiency)
     if op_class in target.fused_op_classes:
         return compute
-    moved = meta.get("splitc.in_bytes", 0) + meta.get("splitc.out_bytes", 0) + meta.get("splitc.param_bytes", 0)
+    moved = meta.get(IN_BYTES, 0) + meta.get(OUT_BYTES, 0) + meta.get(PARAM_BYTES, 0)
     return max(compute, moved / target.memory_bandwidth) + target.op_overhead_s
 
 

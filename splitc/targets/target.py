@@ -34,7 +34,7 @@ from typing import Any, Callable
 import yaml
 
 from splitc.errors import SplitcError
-from splitc.op_classes import EFFICIENCY_REFINEMENTS, OP_CLASSES
+from splitc.core.op_classes import EFFICIENCY_REFINEMENTS, OP_CLASSES
 from splitc.units import (
     format_bandwidth,
     format_bytes,
@@ -66,7 +66,7 @@ log = logging.getLogger(__name__)
 #: Kinds of tier, in the order a chain usually runs (used to sort listings).
 KINDS: tuple[str, ...] = ("device", "edge", "cloud-vm", "faas")
 #: Runtimes a target's figures model. ``onnxruntime`` and ``tensorrt`` choose export artifacts
-#: (see targets/emit.py); ``torch`` is eager PyTorch (``splitc profile --device cuda``): its
+#: (see backends/emit.py); ``torch`` is eager PyTorch (``splitc profile --device cuda``): its
 #: partitions are still written as ONNX, it only says what the cost-model figures were measured with.
 BACKENDS: tuple[str, ...] = ("onnxruntime", "tensorrt", "torch")
 #: Numeric precisions a target may list (each needs a ``peak_flops`` entry).

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from splitc.errors import SplitcError
-from splitc.op_classes import OP_CLASSES
+from splitc.core.op_classes import OP_CLASSES
 from splitc.targets.target import (
     TARGET_KEYS,
     Link,

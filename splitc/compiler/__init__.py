@@ -1,1 +1,0 @@
-"""Loading, the pipeline, the compile context, plan and manifest types, CLI."""

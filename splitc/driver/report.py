@@ -1,0 +1,59 @@
+"""Human-readable views of a bundle: report.md and what ``splitc inspect`` prints."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from splitc.core.placement import PlanResult
+from splitc.planning.report import format_ms, format_plan_table
+from splitc.units import format_bytes
+
+__all__ = ["format_plan_report", "format_bundle_summary"]
+
+
+def format_plan_report(manifest: dict[str, Any], plan: PlanResult) -> str:
+    """report.md of a bundle: what was chosen and why, and the candidate table."""
+    parts = ["# splitc bundle report", "", format_bundle_summary(manifest), "", "## Why this plan", "",
+             "Predicted latency of the best plan achievable with each cut position (roofline compute per tier "
+             "+ rtt + bytes/bandwidth per link); the chosen plan is rank 1.", "", "```",
+             format_plan_table(plan, top=25), "```", ""]
+    return "\n".join(parts)
+
+
+def format_bundle_summary(manifest: dict[str, Any]) -> str:
+    """What ``splitc inspect`` prints."""
+    model = manifest["model"]
+    source = model["source"].get("path") or model["source"].get("spec")
+    lines = [f"model: {source} ({model['nodes']} nodes, {model['flops'] / 1e9:.2f} GFLOPs, "
+             f"{format_bytes(model['parameter_bytes'])} parameters, traced with {model['trace']['method']})",
+             "inputs: " + ", ".join(f"{i['name']} {i['shape']} {i['dtype']}" for i in model["inputs"]),
+             f"predicted latency: {format_ms(manifest['plan']['predicted']['latency_s'])} ms"
+             + (" (forced split)" if manifest["plan"]["forced"] else "")]
+    transfers = {t["from_tier"]: t for t in manifest["transfers"]}
+    for tier in manifest["tiers"]:
+        target = tier["target"]
+        part = manifest["partitions"][tier["partition"]] if tier["partition"] is not None else None
+        if part:
+            what = (f"{part['file']}: nodes {part['nodes']['first']} .. {part['nodes']['last']} "
+                    f"({part['nodes']['count']}), {part['flops'] / 1e9:.2f} GFLOPs, "
+                    f"{format_bytes(part['parameter_bytes'])} params, predicted {format_ms(part.get('predicted_compute_s'))} ms")
+        else:
+            what = "runs nothing (relays)"
+        lines.append(f"tier {tier['index']} {tier['name']} [{target['kind']}, {target['backend']}]: {what}")
+        if tier["index"] in transfers:
+            t = transfers[tier["index"]]
+            names = ", ".join(f"{x['name']} {x['shape']} {x['dtype']} ({x['encoding']['kind']})" for x in t["tensors"])
+            lines.append(f"  -> link {t['link']}: {format_bytes(t['bytes'])} per request, predicted "
+                         f"{format_ms(t.get('predicted_s'))} ms: {names}")
+    for e in manifest.get("exits", []):  # early exits (issue 3)
+        lines.append(f"exit {e['index']} at {e['node']} (partition {e['partition']}): answers when {e['score']} >= "
+                     f"{e['threshold']:.4f}; exit rate {e['exit_rate']['test']:.1%} on held-out samples, pipeline "
+                     f"accuracy {e['accuracy']['test']:.4f} ({e['accuracy']['reference']})")
+    verification = manifest.get("verification")
+    if verification:
+        lines.append(f"verified: {'passed' if verification['passed'] else 'FAILED'} on {verification['samples']} "
+                     f"sample(s), max abs error {verification['max_abs_error']:.3g}, "
+                     f"max relative error {verification['max_rel_error']:.3g}")
+    else:
+        lines.append("verified: no (compiled with --no-verify)")
+    return "\n".join(lines)

@@ -1,1 +1,0 @@
-"""Compiler passes: one pass per file, named by what it does."""

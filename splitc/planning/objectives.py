@@ -1,0 +1,395 @@
+"""Objectives beyond latency: monetary cost, privacy, weights, constraints and the Pareto front.
+
+The latency DP (:mod:`splitc.planning.chain`) is exact in O(kN) because latency adds up
+node by node. The other two objectives do not:
+
+* **cost** -- a VM is paid per whole instance, so a tier's cost per request is a step
+  function of its busy time and of the request rate reaching it
+  (:mod:`splitc.planning.pricing`);
+* **privacy** -- what an attacker on a link recovers depends on the tensors crossing
+  that link; a plan leaks as much as its leakiest used link. Leakage is the distance
+  correlation between the input and what crosses the cut
+  (:mod:`splitc.privacy.leakage`), 1 for the raw input, 0 when nothing leaves the device.
+
+So these are evaluated on an explicit set of plans: every chain of legal cuts when
+there are at most :data:`MAX_PLANS` of them (exact), otherwise the cuts the latency DP
+ranks best at each boundary (the result says ``exhaustive: false``). For each plan:
+
+* ``latency_s``: expected end-to-end latency (what the DP minimises; with early exits an
+  average over requests);
+* ``p50_s`` / ``p99_s``: quantiles of the per-request latency. The latency model is
+  deterministic per path, so quantiles only differ from the mean through early exits
+  (requests leave at different tiers) and FaaS cold starts (a share of requests pays
+  the cold start); network jitter and queueing are not modelled. The SLO applies to p50;
+* ``usd_per_request``: sum over tiers of (share of requests reaching the tier) x (that
+  tier's price per request at ``rps x reach``);
+* ``dcor``: max over used links of the leakage at the link's cut (None without a privacy
+  profile).
+
+**Weighted objective.** Each objective is scaled by its range over the feasible Pareto
+front -- 0 at the ideal point (the best feasible value), 1 at the nadir point (the worst
+value among non-dominated feasible plans) -- then ``J = sum_i w_i * scaled_i``; the plan
+with the least J wins, ties going to lower latency then lower cost. Scaling makes weights
+comparable across units (ms, dollars, correlation) and independent of the model's size;
+taking the range over the front, not over every plan, keeps absurd plans (a cut that
+ships a huge tensor) from stretching the scale. A weight of 0 ignores an objective.
+
+**Constraints**: each tier's memory (always), ``--slo-ms`` on p50, ``--max-dcor`` on
+leakage. When a constraint removes every plan the error says the best reachable value.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import Any, Sequence
+
+import numpy as np
+
+from splitc.core.placement import ChainProblem
+from splitc.planning.chain import range_memory
+from splitc.errors import SplitcError
+
+__all__ = ["OBJECTIVES", "Weights", "parse_objective", "weights_of", "PlanMetrics", "candidate_plans", "evaluate_plans",
+           "pareto_mask", "select_plan", "MAX_PLANS"]
+
+OBJECTIVES = ("latency", "cost", "privacy", "weighted")
+WEIGHT_NAMES = ("latency", "cost", "privacy")
+MAX_PLANS = 200_000  # explicit plans evaluated at once (~10 float arrays each: a few tens of MB)
+
+
+@dataclass(frozen=True)
+class Weights:
+    """Weights of the scaled objectives (see module docstring)."""
+
+    latency: float = 1.0
+    cost: float = 0.0
+    privacy: float = 0.0
+
+    def as_array(self) -> np.ndarray:
+        return np.array([self.latency, self.cost, self.privacy], dtype=np.float64)
+
+    def to_dict(self) -> dict[str, float]:
+        return {"latency": self.latency, "cost": self.cost, "privacy": self.privacy}
+
+    @property
+    def pure_latency(self) -> bool:
+        return self.cost == 0 and self.privacy == 0
+
+
+def parse_objective(objective: str, weights: Sequence[str] = ()) -> Weights:
+    """Weights from ``--objective`` and ``--weights name=value,...``.
+
+    A single objective still keeps a tiny latency weight (1e-6) so that, among plans
+    equally good on it (e.g. every device-only plan costs $0), the fastest wins.
+
+    Raises:
+        SplitcError: unknown objective or weight name, a weight that is not a finite number
+            >= 0, all weights zero, or weights given with a single-objective ``--objective``.
+    """
+    if objective not in OBJECTIVES:
+        raise SplitcError(f"unknown objective '{objective}'", f"valid objectives: {', '.join(OBJECTIVES)}")
+    if weights and objective not in ("weighted", "latency"):
+        raise SplitcError(f"--weights was given with --objective {objective}",
+                          "use --objective weighted (or leave --objective out) to combine objectives")
+    if not weights:
+        if objective == "weighted":
+            raise SplitcError("--objective weighted needs --weights", "e.g. --weights latency=1,cost=0.5,privacy=0")
+        tie = 1e-6
+        return {"latency": Weights(1.0, 0.0, 0.0), "cost": Weights(tie, 1.0, 0.0),
+                "privacy": Weights(tie, 0.0, 1.0)}[objective]
+    values = {}
+    for item in weights:
+        name, sep, raw = item.partition("=")
+        name = name.strip().lower()
+        if not sep or name not in WEIGHT_NAMES:
+            raise SplitcError(f"--weights entry '{item}' is not name=value with a known name",
+                              f"known names: {', '.join(WEIGHT_NAMES)}, e.g. --weights latency=1,cost=0.5")
+        try:
+            value = float(raw)
+        except ValueError:
+            raise SplitcError(f"--weights {name} must be a number, got '{raw}'") from None
+        if not math.isfinite(value) or value < 0:
+            raise SplitcError(f"--weights {name} must be a finite number >= 0, got {raw}")
+        if name in values:
+            raise SplitcError(f"--weights names '{name}' twice")
+        values[name] = value
+    if not any(values.values()):
+        raise SplitcError("every --weights value is 0", "give at least one objective a positive weight")
+    return Weights(values.get("latency", 0.0), values.get("cost", 0.0), values.get("privacy", 0.0))
+
+
+def weights_of(options) -> Weights:
+    """The weights a compile's options ask for: ``--weights`` alone (objective left at latency) means weighted."""
+    objective = options.objective
+    if options.weights and objective == "latency":
+        objective = "weighted"
+    return parse_objective(objective, options.weights)
+
+
+@dataclass
+class PlanMetrics:
+    """Objectives of many plans at once (row ``i`` describes ``cuts[i]``)."""
+
+    cuts: np.ndarray  # [P, k-1] cut indices
+    latency_s: np.ndarray  # [P] expected latency
+    p50_s: np.ndarray
+    p99_s: np.ndarray
+    usd_per_request: np.ndarray  # [P] (nan where a tier has no price model or cost was not computed)
+    tier_usd: np.ndarray  # [P, k] per tier, already weighted by reach
+    dcor: np.ndarray | None  # [P] leakage; None without a privacy profile
+    fits: np.ndarray  # [P] memory fits every tier
+    exhaustive: bool
+
+    def __len__(self) -> int:
+        return len(self.latency_s)
+
+    def row(self, i: int) -> dict[str, Any]:
+        """The objectives of plan ``i`` as plain numbers (for PlanChoice and JSON)."""
+        return {"latency_s": float(self.latency_s[i]), "p50_s": float(self.p50_s[i]), "p99_s": float(self.p99_s[i]),
+                "usd_per_request": _finite_or_none(self.usd_per_request[i]),
+                "usd_per_million": _finite_or_none(self.usd_per_request[i] * 1e6),
+                "tier_usd_per_request": [float(v) for v in self.tier_usd[i]],
+                "dcor": None if self.dcor is None else float(self.dcor[i])}
+
+    def index_of(self, cuts: Sequence[int]) -> int | None:
+        hits = np.flatnonzero((self.cuts == np.asarray(cuts, dtype=np.int64)).all(axis=1))
+        return int(hits[0]) if len(hits) else None
+
+
+def _finite_or_none(value: float) -> float | None:
+    return float(value) if np.isfinite(value) else None
+
+
+def candidate_plans(problem: ChainProblem, best_at: np.ndarray | None = None,
+                    limit: int = MAX_PLANS) -> tuple[np.ndarray, bool]:
+    """Every non-decreasing tuple of legal cuts (``[P, k-1]``), or a restricted set beyond ``limit``.
+
+    The restricted set keeps, per boundary, the cuts with the best latency the DP can reach
+    through them (``best_at``), as many as fit ``limit`` plans.
+
+    Returns:
+        (cuts, exhaustive)
+    """
+    k, n = problem.tiers, problem.n
+    if k == 1:
+        return np.zeros((1, 0), dtype=np.int64), True
+    legal = np.flatnonzero(np.append(problem.legal[:n], True))  # cut n (nothing downstream) is always allowed
+    exhaustive = math.comb(len(legal) + k - 2, k - 1) <= limit
+    if exhaustive:
+        pools = [legal] * (k - 1)
+    else:
+        if best_at is None:
+            raise ValueError("best_at is needed to restrict the plans")
+        per = max(2, int(limit ** (1.0 / (k - 1))))
+        pools = []
+        for b in range(k - 1):
+            row = best_at[b, legal]
+            pools.append(np.sort(legal[np.argsort(row, kind="stable")[:per]]))
+    rows = pools[0].reshape(-1, 1).astype(np.int64)
+    for pool in pools[1:]:  # extend every partial plan by each cut not before its last one (vectorised)
+        left, right = np.nonzero(rows[:, -1][:, None] <= pool[None, :])
+        rows = np.hstack([rows[left], pool[right].reshape(-1, 1).astype(np.int64)])
+    return rows, exhaustive
+
+
+def evaluate_plans(problem: ChainProblem, tiers, cuts: np.ndarray, rps: float, *,
+                   dcor: np.ndarray | None = None, exhaustive: bool = True,
+                   with_cost: bool = True) -> PlanMetrics:
+    """Latency (expected, p50, p99), cost and leakage of every plan in ``cuts`` (vectorised).
+
+    Args:
+        problem: the planning problem (with reach when there are exits).
+        tiers: the chain's targets (their price models).
+        cuts: ``[P, k-1]`` plans.
+        rps: request rate the prices assume (requests per second entering tier 0).
+        dcor: ``[N+1]`` leakage per cut (privacy profile), or None.
+        exhaustive: whether ``cuts`` is every plan (recorded on the result).
+        with_cost: compute monetary cost (needs every tier's price model).
+    """
+    k, n = problem.tiers, problem.n
+    cuts = np.asarray(cuts, dtype=np.int64)
+    cuts = cuts.reshape(max(len(cuts), 1), 0) if k == 1 else cuts.reshape(-1, k - 1)  # one tier: one empty plan
+    count = len(cuts)
+    bounds = np.hstack([np.zeros((count, 1), np.int64), cuts, np.full((count, 1), n, np.int64)])
+    reach_pos = np.ones(n + 1) if problem.reach is None else np.asarray(problem.reach, dtype=np.float64)
+    plain = replace(problem, reach=None)
+
+    expected = np.zeros(count)
+    fits = np.ones(count, dtype=bool)
+    busy = np.zeros((count, k))  # unweighted seconds a request reaching tier t spends there
+    memory = np.zeros((count, k))
+    path = np.zeros((count, k))  # latency of a request that ends at tier t
+    reach = np.zeros((count, k))
+    elapsed = np.zeros(count)
+    for t in range(k):
+        s, e = bounds[:, t], bounds[:, t + 1]
+        weighted = _prefix(problem.weighted_node_time(t))
+        unweighted = _prefix(problem.node_time[t])
+        expected += weighted[e] - weighted[s]
+        busy[:, t] = unweighted[e] - unweighted[s]
+        memory[:, t] = range_memory(problem, s, e)
+        fits &= memory[:, t] <= problem.memory[t]
+        reach[:, t] = reach_pos[s]
+        elapsed += busy[:, t]
+        path[:, t] = elapsed
+        if t < k - 1:
+            expected += problem.link_costs(t)[e]
+            elapsed = elapsed + plain.link_costs(t)[e]
+
+    share_end = reach - np.hstack([reach[:, 1:], np.zeros((count, 1))])  # requests whose last tier is t
+    tier_usd = np.full((count, k), np.nan)
+    p50 = _quantile(path, share_end, 0.5)
+    p99 = _quantile(path, share_end, 0.99)
+    if with_cost:
+        tier_usd, cold_share, cold_s = _tier_costs(tiers, busy, memory, reach, rps)
+        fits &= np.isfinite(tier_usd).all(axis=1)  # e.g. a partition larger than a FaaS tier's memory size
+        # a tier's cold start counts at quantile q once more than 1 - q of all requests pay it (cold requests
+        # are the slowest; see splitc.planning.pricing.ColdStart)
+        p50 = p50 + ((cold_share > 0.5) * cold_s).sum(axis=1)
+        p99 = p99 + ((cold_share > 0.01) * cold_s).sum(axis=1)
+    usd = tier_usd.sum(axis=1)
+    leak = None
+    if dcor is not None:
+        leak = np.zeros(count)
+        for t in range(k - 1):
+            c = cuts[:, t]
+            used = c < n
+            leak = np.where(used, np.maximum(leak, np.nan_to_num(dcor[c], nan=1.0)), leak)
+    return PlanMetrics(cuts, expected, p50, p99, usd, tier_usd, leak, fits, exhaustive)
+
+
+def _prefix(values: np.ndarray) -> np.ndarray:
+    out = np.zeros(len(values) + 1)
+    out[1:] = np.cumsum(values)
+    return out
+
+
+def _quantile(path: np.ndarray, share_end: np.ndarray, q: float) -> np.ndarray:
+    """Per plan, the q-quantile of the path latency when a share ``share_end[:, t]`` of requests ends at tier t."""
+    order = np.argsort(path, axis=1, kind="stable")
+    values = np.take_along_axis(path, order, axis=1)
+    cum = np.cumsum(np.take_along_axis(share_end, order, axis=1), axis=1)
+    first = np.argmax(cum >= q - 1e-12, axis=1)
+    return values[np.arange(len(path)), first]
+
+
+def _tier_costs(tiers, busy: np.ndarray, memory: np.ndarray, reach: np.ndarray,
+                rps: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per tier: USD per request entering tier 0 (reach-weighted), each FaaS tier's cold share of all
+    requests, and its cold-start seconds (``[k]``; 0 for tiers without cold starts).
+
+    A partition a FaaS tier cannot hold gets an infinite cost (the plan is then infeasible).
+    """
+    from splitc.planning.pricing import tier_cold_start, tier_plan_cost
+
+    usd = np.zeros(busy.shape)
+    cold = np.zeros(busy.shape)
+    seconds = np.zeros(busy.shape[1])
+    for t, target in enumerate(tiers):
+        runs = busy[:, t] > 0  # a tier that runs nothing is not provisioned
+        if not runs.any():
+            continue
+        # weighted by reach inside: a VM holding a partition that no request reaches still costs its instance
+        usd[runs, t] = tier_plan_cost(target, busy[runs, t], reach[runs, t], rps, memory[runs, t], infeasible="inf")
+        start = tier_cold_start(target, rps * reach[runs, t])
+        if start is not None:
+            cold[runs, t] = start.share * reach[runs, t]
+            seconds[t] = start.cold_start_s
+    return usd, cold, seconds
+
+
+def pareto_mask(values: np.ndarray) -> np.ndarray:
+    """Rows of ``values`` (``[P, m]``, lower is better) that no other row dominates; duplicates keep one.
+
+    Repeatedly keeps the lexicographically smallest remaining row (no remaining row can
+    dominate it) and drops every row it weakly dominates: O(front size x P), vectorised.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    keep = np.zeros(len(values), dtype=bool)
+    remaining = np.lexsort(values.T[::-1])  # by first column, then the next...
+    while remaining.size:
+        best = remaining[0]
+        keep[best] = True
+        remaining = remaining[~np.all(values[remaining] >= values[best], axis=1)]
+    return keep
+
+
+@dataclass
+class Selection:
+    """The chosen plan index and what the choice saw."""
+
+    index: int
+    feasible: np.ndarray
+    score: np.ndarray  # weighted scaled objective (inf where infeasible)
+    pareto: np.ndarray  # Pareto-optimal among memory-feasible plans
+
+    def ranked(self) -> np.ndarray:
+        """Feasible plan indices, best score first."""
+        idx = np.flatnonzero(np.isfinite(self.score))
+        return idx[np.argsort(self.score[idx], kind="stable")]
+
+
+def select_plan(metrics: PlanMetrics, weights: Weights, *, slo_s: float | None = None,
+                max_dcor: float | None = None, describe=None) -> Selection:
+    """The plan minimising the weighted scaled objective under memory, SLO and leakage constraints.
+
+    Args:
+        describe: ``f(index) -> str`` naming a plan in error messages (e.g. its cuts).
+
+    Raises:
+        SplitcError: when a constraint leaves no plan (saying the best reachable value).
+    """
+    describe = describe or (lambda i: str(list(metrics.cuts[i])))
+    feasible = metrics.fits.copy()
+    if not feasible.any():
+        raise ValueError("no plan fits the tiers' memory")  # the plan pass words this one
+    if slo_s is not None:
+        meets = feasible & (metrics.p50_s <= slo_s)
+        if not meets.any():
+            best = int(np.flatnonzero(feasible)[np.argmin(metrics.p50_s[feasible])])
+            raise SplitcError(f"no plan meets --slo-ms {slo_s * 1e3:g}: the best reachable predicted p50 is "
+                              f"{metrics.p50_s[best] * 1e3:.2f} ms ({describe(best)})",
+                              "raise --slo-ms, use faster tiers or links, or compress the transfer")
+        feasible = meets
+    if max_dcor is not None:
+        if metrics.dcor is None:
+            raise SplitcError("--max-dcor needs the privacy profile", "pass --calib with calibration inputs")
+        meets = feasible & (metrics.dcor <= max_dcor + 1e-12)
+        if not meets.any():
+            best = int(np.flatnonzero(feasible)[np.argmin(metrics.dcor[feasible])])
+            raise SplitcError(f"no plan{' within the SLO' if slo_s is not None else ''} keeps leakage <= --max-dcor "
+                              f"{max_dcor:g}: the lowest reachable distance correlation is "
+                              f"{metrics.dcor[best]:.3f} ({describe(best)})",
+                              "raise --max-dcor, relax --slo-ms, or add noise with --privacy-epsilon")
+        feasible = meets
+    w = weights.as_array()
+    columns = [metrics.latency_s, metrics.usd_per_request,
+               metrics.dcor if metrics.dcor is not None else np.zeros(len(metrics))]
+    if w[1] > 0 and not np.isfinite(metrics.usd_per_request[feasible]).all():
+        raise SplitcError("the cost objective needs a price model on every tier", "add 'price:' to the target YAML")
+    if w[2] > 0 and metrics.dcor is None:
+        raise SplitcError("the privacy objective needs the privacy profile", "pass --calib with calibration inputs")
+    objectives = [metrics.latency_s, np.nan_to_num(metrics.usd_per_request, nan=0.0)]
+    if metrics.dcor is not None:
+        objectives.append(metrics.dcor)
+    values = np.column_stack(objectives)
+    pareto = np.zeros(len(metrics), dtype=bool)
+    fit_idx = np.flatnonzero(metrics.fits)
+    pareto[fit_idx] = pareto_mask(values[fit_idx])
+    # ideal and nadir points over the feasible Pareto front: dominated plans (however bad) do not stretch the scale
+    front = pareto
+    if not np.array_equal(feasible, metrics.fits):  # SLO / leakage bounds removed plans: the front of the rest
+        front = np.zeros(len(metrics), dtype=bool)
+        idx = np.flatnonzero(feasible)
+        front[idx] = pareto_mask(values[idx])
+    score = np.zeros(len(metrics))
+    for weight, column in zip(w, columns):
+        if weight == 0:
+            continue
+        lo, hi = column[front].min(), column[front].max()
+        score = score + weight * ((column - lo) / (hi - lo) if hi > lo else np.zeros_like(column))
+    score = np.where(feasible, score, np.inf)
+    tie_cost = np.nan_to_num(metrics.usd_per_request, nan=0.0)
+    order = np.lexsort((tie_cost, metrics.latency_s, score))
+    return Selection(int(order[0]), feasible, score, pareto)

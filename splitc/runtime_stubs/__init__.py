@@ -1,1 +1,0 @@
-"""Reference runners that load a bundle and execute it exactly as its manifest says."""

