@@ -26,7 +26,8 @@ from splitc.planning.objectives import Weights, candidate_plans, evaluate_plans,
 from splitc.core.placement import ChainProblem, evaluate_cuts
 from splitc.planning.chain import solve_chain
 from splitc.errors import SplitcError
-from splitc.targets.cost_model import node_times
+from splitc.core.graph import model_output_names
+from splitc.targets.cost_model import boundary_times, node_times
 from splitc.units import format_bytes, parse_bandwidth
 from splitc.core.passes.profile import PARAM_BYTES
 
@@ -82,7 +83,11 @@ def build_problem(gm: torch.fx.GraphModule, candidates, tiers, links) -> ChainPr
     """Arrays for the planner from the profiled graph, the candidates, targets and links."""
     by_name = {n.name: n for n in gm.graph.nodes}
     nodes = [by_name[name] for name in candidates.nodes]
+    crossing = [c.crossing for c in candidates.cuts[:len(nodes)]] + [tuple(model_output_names(gm))]
+    bounds = [boundary_times(nodes, crossing, t) for t in tiers]  # per run + layout conversions at the cuts
     return ChainProblem(
+        tier_entry_s=np.vstack([b[0] for b in bounds]),
+        tier_exit_s=np.vstack([b[1] for b in bounds]),
         node_time=np.vstack([node_times(nodes, t) for t in tiers]) if nodes else np.zeros((len(tiers), 0)),
         cut_bytes=candidates.cut_bytes,
         legal=candidates.legal_mask,
