@@ -62,6 +62,8 @@ _PRECISION = {"torch.float32": "fp32", "torch.float64": "fp32", "torch.float16":
 _COMPUTE_OPS = ("call_module", "call_function", "call_method")
 #: Roles ONNX Runtime keeps in the blocked layout once a convolution produced it.
 LAYOUT_REGION_ROLES = frozenset({"conv", "pool", "act", "binary", "norm"})
+#: ONNX Runtime's blocked convolutions read inputs of fewer channels than a block (8) as they are.
+_MIN_BLOCKED_CHANNELS = 8
 
 
 def precision_of(node: torch.fx.Node) -> str:
@@ -75,6 +77,12 @@ def _tensor_inputs(node: torch.fx.Node) -> list[torch.fx.Node]:
     """Inputs that carry a tensor computed in the graph (not weights, not Python values)."""
     return [a for a in node.all_input_nodes
             if a.op in ("placeholder", *_COMPUTE_OPS) and a.meta.get(IS_TENSOR, a.op == "placeholder")]
+
+
+def _channels(node: torch.fx.Node) -> int:
+    """Channel count (dim 1) of a 4-D tensor value, else a large number (no exemption)."""
+    shape = getattr(node.meta.get("tensor_meta"), "shape", None)
+    return int(shape[1]) if shape is not None and len(shape) == 4 else 1 << 30
 
 
 def fusion_role(node: torch.fx.Node) -> str:
@@ -104,6 +112,9 @@ class _Context:
         for p in producers:
             self.visit(p)
         role = fusion_role(node)
+        if role == "view":  # no kernel: a view of a blocked tensor is converted where a kernel reads it
+            self.chain[node], self.region[node] = (), any(self.region[p] for p in producers)
+            return
         if node.meta.get(FOLDABLE) and producers:  # folded into its convolution: invisible
             self.chain[node], self.region[node] = self.chain[producers[0]], self.region[producers[0]]
             return
@@ -127,7 +138,8 @@ class _Context:
         moved = 0
         for p in _tensor_inputs(node):
             if role == "conv" and not self.region[p]:
-                moved += int(p.meta.get(OUT_BYTES, 0))   # into the blocked layout
+                if _channels(p) >= _MIN_BLOCKED_CHANNELS:  # a stem conv on 3 channels reads the plain layout
+                    moved += int(p.meta.get(OUT_BYTES, 0))   # into the blocked layout
             elif role not in LAYOUT_REGION_ROLES and self.region[p] and role != "view":
                 moved += int(p.meta.get(OUT_BYTES, 0))   # out of it
         return moved
