@@ -265,6 +265,8 @@ class PlanResult:
             privacy profile, leakage), fastest first; the chosen plan is among them.
         variants: with ``--bandwidth-range``, the plans optimal across the range of the first
             link's bandwidth, each with the range where it wins (see planning/plan.py).
+        figures: per tier, whether its compute time is measured (``splitc profile --model``) or
+            predicted by the cost model (``tier``, ``nodes``, ``measured_nodes``, ``compute``).
     """
 
     tiers: list[str]
@@ -276,6 +278,7 @@ class PlanResult:
     objective: dict[str, Any] = field(default_factory=lambda: {"name": "latency"})
     pareto: list[PlanChoice] = field(default_factory=list)
     variants: list[dict[str, Any]] = field(default_factory=list)
+    figures: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self, include_ranking: bool = False) -> dict[str, Any]:
         out = {
@@ -286,6 +289,8 @@ class PlanResult:
             "links": [link.to_dict() for link in self.links],
             **self.best.to_dict(),
         }
+        if self.figures:
+            out["figures"] = [dict(f) for f in self.figures]
         if self.pareto:
             out["pareto"] = [p.to_dict() for p in self.pareto]
         if self.variants:
