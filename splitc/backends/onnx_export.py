@@ -1,30 +1,50 @@
-"""Export one partition to ONNX: static shapes, opset >= 17, boundary names kept, simplified.
+"""Export the partitions to ONNX: static shapes, opset >= 17, boundary names kept, simplified.
 
-The TorchScript-based exporter (``dynamo=False``) is used first: it is fast
-(ResNet-50 in ~1.3 s on the CI machine, vs ~3 s for the dynamo exporter on a small
-net) and folds eval-mode BatchNorm into convolutions. If it fails, the dynamo
-exporter is tried. The result is simplified with onnxsim; when onnxsim fails, the
-unsimplified model is kept and a warning says so. The graph's input and output
-names are exactly the partition's wire names (checked after simplification).
+**Once for the whole chain** (:func:`export_partitions`, what ``splitc compile`` does): the
+partitions, as they are after every adaptation (bottleneck encoders and decoders, wire
+quantization, noise, exit heads, several segments per tier), are stitched into one module that
+runs them in chain order and returns every value a partition sends or the model answers, each
+under its wire name. That module is exported once (TorchScript), simplified once (onnxsim) and cut
+in memory into one ONNX graph per partition with :class:`onnx.utils.Extractor`, from the
+partition's input names to its output names: the wire names are graph inputs/outputs of the
+whole export, so every cut tensor has its type and shape (the Extractor's known need for
+value_info). Each piece is checked: its inputs and outputs are exactly the partition's wire names
+in order, every node input is produced inside it, and no computing node appears in two pieces (a
+graph optimisation that merged work across a cut would show here). Falls back to one export per
+partition (:func:`export_partition`), saying why in the log, when the stitched export fails, a
+check fails, or the parameters approach protobuf's 2 GB limit.
+
+**One partition** (:func:`export_partition`): the TorchScript-based exporter (``dynamo=False``)
+is used first: it is fast (ResNet-50 in ~1.3 s on the CI machine, vs ~3 s for the dynamo exporter
+on a small net) and folds eval-mode BatchNorm into convolutions. If it fails, the dynamo exporter
+is tried. The result is simplified with onnxsim; when onnxsim fails, the unsimplified model is
+kept and a warning says so. The graph's input and output names are exactly the partition's wire
+names (checked after simplification).
 """
 
 from __future__ import annotations
 
+import io
 import logging
+import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 import onnx
 import torch
+from torch import nn
 
 from splitc.errors import SplitcError
 from splitc.core.passes.cut import Partition
 
-__all__ = ["ExportedPartition", "export_partition", "MIN_OPSET"]
+__all__ = ["ExportedPartition", "ExportReport", "export_partition", "export_partitions", "MIN_OPSET"]
 
 log = logging.getLogger("splitc")
 MIN_OPSET = 17
+#: Above this many parameter bytes the stitched export is not tried (protobuf's 2 GB limit on one model).
+STITCH_MAX_PARAM_BYTES = 1_800_000_000
 
 
 @dataclass
@@ -36,6 +56,45 @@ class ExportedPartition:
     simplified: bool
     op_types: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ExportReport:
+    """How the partitions were exported.
+
+    Attributes:
+        partitions: one :class:`ExportedPartition` per partition, in order.
+        method: ``"stitched"`` (one export, cut with onnx.utils.Extractor) or ``"per-partition"``.
+        reason: why the per-partition export was used (empty for ``stitched``).
+        seconds: wall time per step (``export``, ``simplify``, ``extract``, ``save``).
+    """
+
+    partitions: list[ExportedPartition]
+    method: str
+    reason: str = ""
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+class _Stitched(nn.Module):
+    """The partitions run in chain order: model inputs in, every value a partition returns out (by wire name).
+
+    Each partition gets copies of its inputs (as :func:`splitc.core.samples.run_partitions` does): an
+    in-place op in a receiver must not change the value its sender returns.
+    """
+
+    def __init__(self, partitions: Sequence[Partition], input_names: list[str], output_names: list[str]) -> None:
+        super().__init__()
+        self.parts = nn.ModuleList([p.graph_module for p in partitions])
+        self.part_inputs = [list(p.inputs) for p in partitions]
+        self.part_outputs = [list(p.outputs) for p in partitions]
+        self.input_names, self.output_names = input_names, output_names
+
+    def forward(self, *args: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        values = dict(zip(self.input_names, args))
+        for gm, names_in, names_out in zip(self.parts, self.part_inputs, self.part_outputs):
+            result = gm(*[values[n].clone() for n in names_in])
+            values.update(zip(names_out, result if isinstance(result, (tuple, list)) else (result,)))
+        return tuple(values[n] for n in self.output_names)
 
 
 def export_partition(part: Partition, path: Path, opset: int = MIN_OPSET, simplify: bool = True) -> ExportedPartition:
@@ -111,3 +170,149 @@ def _check_names(model: onnx.ModelProto, part: Partition) -> None:
     if inputs != part.inputs or outputs != part.outputs:
         raise AssertionError(f"partition {part.index}: ONNX names {inputs} -> {outputs} do not match the "
                              f"wire names {part.inputs} -> {part.outputs}")
+
+
+def _wire_names(partitions: Sequence[Partition]) -> tuple[list[str], list[str], list[torch.Tensor]]:
+    """Model inputs the chain reads (with example values) and every value a partition returns, in chain order."""
+    produced: list[str] = []
+    inputs: dict[str, torch.Tensor] = {}
+    for part in partitions:
+        for name, value in zip(part.inputs, part.example_inputs):
+            if name not in produced and name not in inputs:
+                inputs[name] = value
+        produced += [n for n in part.outputs if n not in produced]
+    return list(inputs), produced, list(inputs.values())
+
+
+def _stitched_export(partitions: Sequence[Partition], opset: int) -> onnx.ModelProto:
+    input_names, output_names, examples = _wire_names(partitions)
+    module = _Stitched(partitions, input_names, output_names)
+    # the exporter puts the module in eval mode and afterwards calls train(<the top module's old mode>) on the
+    # whole tree: a fresh wrapper is in training mode, which would leave every BatchNorm of the partitions (shared
+    # with the loaded model) in training mode; so each module's own mode is restored here
+    modes = {m: m.training for m in module.modules()}
+    buffer = io.BytesIO()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(module.eval(), tuple(examples), buffer, input_names=input_names,
+                              output_names=output_names, opset_version=opset, do_constant_folding=True, dynamo=False)
+    finally:
+        for m, training in modes.items():
+            m.training = training
+    return onnx.load_from_string(buffer.getvalue())
+
+
+def _check_piece(piece: onnx.ModelProto, part: Partition) -> str | None:
+    """Why an extracted partition is not self-contained with the partition's wire names (None: it is)."""
+    inputs = [i.name for i in piece.graph.input]
+    outputs = [o.name for o in piece.graph.output]
+    if inputs != part.inputs or outputs != part.outputs:
+        return f"partition {part.index}: extracted names {inputs} -> {outputs}, expected {part.inputs} -> {part.outputs}"
+    available = set(inputs) | {t.name for t in piece.graph.initializer} | {""}
+    for node in piece.graph.node:
+        missing = [i for i in node.input if i not in available]
+        if missing:
+            return f"partition {part.index}: node {node.name or node.op_type} reads {missing[0]}, computed in another partition"
+        available.update(node.output)
+    return None
+
+
+def _simplify_whole(model: onnx.ModelProto, notes: list[str]) -> tuple[onnx.ModelProto, bool]:
+    import onnxsim
+
+    names = ([i.name for i in model.graph.input], [o.name for o in model.graph.output])
+    try:
+        simplified, ok = onnxsim.simplify(model)
+    except Exception as exc:  # onnxsim raises plain RuntimeErrors from C++
+        ok, reason = False, str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+    else:
+        reason = "its check of the simplified model failed"
+        if ok and ([i.name for i in simplified.graph.input], [o.name for o in simplified.graph.output]) != names:
+            ok, reason = False, "it renamed graph inputs or outputs"
+    if ok:
+        return simplified, True
+    notes.append(f"onnxsim skipped: {reason}")
+    log.warning("onnxsim failed on the stitched model (%s); keeping it unsimplified", reason)
+    return model, False
+
+
+def _extract(model: onnx.ModelProto, partitions: Sequence[Partition]) -> tuple[list[onnx.ModelProto], str | None]:
+    """One graph per partition, cut from ``model`` by wire names; (pieces, None) or ([], why not)."""
+    from onnx.utils import Extractor
+
+    extractor = Extractor(model)
+    pieces, owner = [], {}
+    for part in partitions:
+        piece = extractor.extract_model(list(part.inputs), list(part.outputs))
+        problem = _check_piece(piece, part)
+        if problem is None:
+            for node in piece.graph.node:
+                if node.op_type == "Constant":  # a constant may serve two pieces; computing nodes may not
+                    continue
+                key = tuple(node.output)
+                if key in owner:
+                    problem = (f"node {node.name or node.op_type} is in partitions {owner[key]} and {part.index} "
+                               "(work merged across a cut)")
+                    break
+                owner[key] = part.index
+        if problem is not None:
+            return [], problem
+        pieces.append(piece)
+    return pieces, None
+
+
+def export_partitions(partitions: Sequence[Partition], paths: Sequence[Path], opset: int = MIN_OPSET,
+                      simplify: bool = True) -> ExportReport:
+    """Write every partition to its path as ONNX: one stitched export cut by wire names (see module docstring).
+
+    Args:
+        partitions: the partitions in chain order, with ``example_inputs`` (after every adaptation).
+        paths: one .onnx file per partition (folders must exist).
+        opset: ONNX opset (>= 17).
+        simplify: run onnxsim (once, on the stitched model).
+
+    Returns:
+        An :class:`ExportReport` (``method`` says whether the stitched export or the per-partition
+        fallback was used, and why).
+    """
+    if opset < MIN_OPSET:
+        raise SplitcError(f"--opset {opset} is too old", f"use {MIN_OPSET} or newer")
+    seconds: dict[str, float] = {}
+    params = sum(p.param_bytes for p in partitions)
+    reason = ""
+    pieces: list[onnx.ModelProto] = []
+    notes: list[str] = []
+    simplified = False
+    if params > STITCH_MAX_PARAM_BYTES:
+        reason = f"{params / 1e9:.1f} GB of parameters: one model would pass protobuf's 2 GB limit"
+    else:
+        start = time.perf_counter()
+        try:
+            model = _stitched_export(partitions, opset)
+        except Exception as exc:  # noqa: BLE001 - any exporter failure: the per-partition path has its own fallback
+            reason = f"the stitched TorchScript export failed ({str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__})"
+        seconds["export"] = time.perf_counter() - start
+        if not reason:
+            if simplify:
+                start = time.perf_counter()
+                model, simplified = _simplify_whole(model, notes)
+                seconds["simplify"] = time.perf_counter() - start
+            start = time.perf_counter()
+            pieces, problem = _extract(model, partitions)
+            seconds["extract"] = time.perf_counter() - start
+            reason = problem or ""
+    if reason:
+        log.info("[export] per-partition export: %s", reason)
+        start = time.perf_counter()
+        results = [export_partition(part, path, opset=opset, simplify=simplify) for part, path in zip(partitions, paths)]
+        seconds["per_partition"] = time.perf_counter() - start
+        return ExportReport(results, "per-partition", reason, seconds)
+    start = time.perf_counter()
+    results = []
+    for part, piece, path in zip(partitions, pieces, paths):
+        onnx.save(piece, str(path))
+        ops = sorted({node.op_type for node in piece.graph.node})
+        results.append(ExportedPartition(Path(path), "torchscript", simplified, ops, list(notes)))
+    seconds["save"] = time.perf_counter() - start
+    return ExportReport(results, "stitched", "", seconds)
