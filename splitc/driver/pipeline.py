@@ -218,6 +218,7 @@ def _export_all(ctx: CompileContext, stage: Path, folders: list[str]) -> list[di
     start = time.perf_counter()
     report = export_partitions(ctx.partitions, paths, opset=ctx.options.opset, simplify=ctx.options.simplify)
     ctx.pass_timings["export"] = time.perf_counter() - start
+    ctx.pass_timings.update({f"export.{k}": v for k, v in report.seconds.items()})  # export, simplify, extract, ...
     steps = ", ".join(f"{k} {v:.2f}s" for k, v in report.seconds.items())
     how = ("one stitched export cut into partitions" if report.method == "stitched"
            else f"one export per partition ({report.reason})")

@@ -32,7 +32,7 @@ import torch
 import torch.fx
 from torch import nn
 from torch.fx.node import map_aggregate
-from torch.fx.passes.shape_prop import ShapeProp, _extract_tensor_metadata
+from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata, _extract_tensor_metadata
 from torch.utils.flop_counter import FlopCounterMode
 
 from splitc.core.pass_manager import Pass, PassResult
@@ -155,7 +155,7 @@ class _Profiler(ShapeProp):
                 result = torch.fx.Interpreter.run_node(self, n)  # 10,000-node chain's profile time)
         except Exception as exc:
             raise _NodeFailure(n, exc) from exc
-        meta = map_aggregate(result, lambda v: _extract_tensor_metadata(v) if isinstance(v, torch.Tensor) else v)
+        meta = map_aggregate(result, lambda v: _tensor_metadata(v) if isinstance(v, torch.Tensor) else v)
         if _contains_tensor(result):
             n.meta["tensor_meta"] = meta
         n.meta["type"] = type(result)
@@ -222,6 +222,24 @@ class _Profiler(ShapeProp):
         if n.op == "get_attr":
             return _tensor_bytes(result)
         return 0
+
+
+_FORMATS = ((torch.contiguous_format, 0), (torch.channels_last, 4), (torch.channels_last_3d, 5))
+
+
+def _tensor_metadata(value: torch.Tensor) -> TensorMetadata:
+    """ShapeProp's ``TensorMetadata`` of a dense tensor, without its contiguity helper.
+
+    torch's ``_extract_tensor_metadata`` checks memory formats through ``torch._check``, whose first
+    call imports sympy (~0.4 s of every ``splitc plan``); ``Tensor.is_contiguous(memory_format=...)``
+    answers the same question natively (channels_last formats only exist for 4-D / 5-D tensors).
+    Quantized and sparse tensors take torch's own path.
+    """
+    if value.is_quantized or value.layout != torch.strided:
+        return _extract_tensor_metadata(value)
+    memory_format = next((fmt for fmt, rank in _FORMATS
+                          if (rank == 0 or value.dim() == rank) and value.is_contiguous(memory_format=fmt)), None)
+    return TensorMetadata(value.shape, value.dtype, value.requires_grad, value.stride(), memory_format, False, {})
 
 
 def _mha_flops(module: nn.MultiheadAttention, args: tuple) -> int:
