@@ -141,3 +141,32 @@ def test_a_piece_that_reads_work_of_another_partition_is_refused() -> None:
     assert "reads hidden, computed in another partition" in _check_piece(piece, Part())
     Part.inputs = ["z"]
     assert "expected ['z'] -> ['y']" in _check_piece(piece, Part())
+
+
+def test_simplifying_without_the_large_weights_gives_onnxsims_graph(tmp_path) -> None:
+    """onnxsim on the weightless graph (weights put back after) = onnxsim on the whole model, node for node."""
+    import io
+    import warnings
+
+    import onnxsim
+
+    from splitc.backends.onnx_export import _weightless_simplify
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(64 * 8 * 8, 10)).eval()
+    x = torch.randn(1, 3, 8, 8)
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (x,), buffer, input_names=["x"], output_names=["y"], opset_version=17, dynamo=False)
+    exported = onnx.load_from_string(buffer.getvalue())
+    assert any(np.prod(t.dims) > 1024 for t in exported.graph.initializer)  # the case the shortcut is for
+    full, ok = onnxsim.simplify(exported)
+    fast = _weightless_simplify(exported)
+    assert ok and fast is not None
+    assert [(n.op_type, list(n.input), list(n.output)) for n in fast.graph.node] == \
+        [(n.op_type, list(n.input), list(n.output)) for n in full.graph.node]
+    assert [i.name for i in fast.graph.input] == ["x"] and [o.name for o in fast.graph.output] == ["y"]
+    got = ort.InferenceSession(fast.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x.numpy()})
+    np.testing.assert_allclose(got[0], model(x).detach().numpy(), rtol=1e-4, atol=1e-5)
