@@ -130,7 +130,7 @@ def calibration(model: str, work: Path, quick: bool) -> str | None:
     path = work / f"{model}-calib.npz"  # random weights: random images (agreement with the full model is the target)
     if not path.exists():
         rng = np.random.default_rng(0)
-        np.savez(path, x=rng.standard_normal((16 if quick else 64, *MODELS[model]["shape"][1:]), dtype=np.float32))
+        np.savez(path, x=rng.standard_normal((64 if quick else 128, *MODELS[model]["shape"][1:]), dtype=np.float32))
     return str(path)
 
 

@@ -5,7 +5,8 @@ partitions, as they are after every adaptation (bottleneck encoders and decoders
 quantization, noise, exit heads, several segments per tier), are stitched into one module that
 runs them in chain order and returns every value a partition sends or the model answers, each
 under its wire name. That module is exported once (TorchScript), simplified once (onnxsim) and cut
-in memory into one ONNX graph per partition with :class:`onnx.utils.Extractor`, from the
+in memory into one ONNX graph per partition with :class:`onnx.utils.Extractor` (both on the graph with
+its large weights set aside, which each piece gets back: :func:`_set_weights_aside`), from the
 partition's input names to its output names: the wire names are graph inputs/outputs of the
 whole export, so every cut tensor has its type and shape (the Extractor's known need for
 value_info). Each piece is checked: its inputs and outputs are exactly the partition's wire names
