@@ -36,7 +36,6 @@ bytes / bandwidth (MNIST's 3 KB input at 2 Mbps: ~6 ms less); negligible for Res
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import datetime
 import json
 import os
