@@ -1,46 +1,42 @@
-"""Accuracy of a ``splitc profile`` target: predicted vs measured latency of real partitions.
+"""Accuracy of ``splitc profile`` targets: predicted vs measured latency of real partitions, in two modes.
 
-One command (profiles this machine first, ~1-3 min, unless a target file is given)::
+One command (profiles this machine, then measures; ~15 min for two runs on a quiet 2-core machine)::
 
-    python benchmarks/profile_accuracy.py                         # writes benchmarks/results/profile_accuracy.{json,md}
-    python benchmarks/profile_accuracy.py --targets-file my.yaml --target my-laptop   # reuse a profile
-    python benchmarks/profile_accuracy.py --quick                 # quick profile, fewer repeats (a smoke run)
+    python benchmarks/profile_accuracy.py                    # two runs back to back -> benchmarks/results/profile_accuracy.{json,md}
+    python benchmarks/profile_accuracy.py --runs 1 --quick --models resnet18     # smoke run (~1-2 min)
+    python benchmarks/profile_accuracy.py --device cuda --runs 1 --modes predicted   # on a GPU: eager torch partitions
 
-For each of resnet50, mobilenet_v3_large and vit_b_16 (torchvision, random weights,
-seed 0, input 1x3x224x224: no downloads) three cuts are forced at the quarters of
-the compute-node list (the nearest legal cut that ships a single tensor, within
-1/8 of the list; else the nearest legal cut), giving four partitions. They are
-produced by the compiler itself: ``prepare`` + ``default_passes`` with
-``CompileOptions(split=..., targets=(profiled,) * 4)``, then written by
-:func:`splitc.backends.onnx_export.export_partition` (TorchScript export + onnxsim)
-exactly as ``splitc compile`` writes them. Each partition is run in ONNX Runtime
-(CPU, the profile's thread count, default graph optimisations) on the boundary
-tensors the cut pass recorded: warm-up, then the median of >= 10 runs and >= 1 s.
+Each run, from scratch:
 
-**Predicted** = the sum of :func:`splitc.targets.cost_model.node_time` over the
-partition's nodes on the profiled target (what the planner uses; checked equal to
-the plan's per-tier ``compute_s``). **Error** = predicted / measured - 1. The
-benchmark models are never used by the profile's fit (no training on the test set).
+1. ``splitc profile`` of this machine (microbenchmarks only; none of the models below is used by
+   the fit) -> the **predicted** target.
+2. For each of resnet50, mobilenet_v3_large, vit_b_16, efficientnet_b0, convnext_tiny
+   (torchvision, random weights, seed 0, input 1x3x224x224: no downloads), three cuts are
+   forced at the quarters of the compute-node list (the nearest legal cut that ships a single
+   tensor, within 1/8 of the list; else the nearest legal cut): four partitions, produced by
+   the compiler itself (``prepare`` + ``default_passes`` with ``--split``) and written by
+   :func:`splitc.backends.onnx_export.export_partitions` exactly as ``splitc compile`` writes
+   them. Each partition is timed in ONNX Runtime on the boundary tensors the cut pass recorded,
+   by the one timing method (:mod:`splitc.targets.timing`: warm-up, then the 10th percentile of
+   >= 20 runs and >= 1 s; the profile's thread count).
+3. **Model-specific** mode: ``splitc profile --model`` of that model (the same target plus this
+   model's own node times, :func:`splitc.targets.model_profiler.measure_model`), then the same
+   forced cuts planned with it.
 
-**On a GPU** (``--device cuda``; profiles with ``splitc profile --device cuda``
-unless a target file is given) each partition is the compiler's own
-``torch.fx.GraphModule`` of that partition (``part.graph_module``, what the cut pass
-built), run in eager PyTorch on CUDA, fp32, batch 1, on the same boundary tensors:
-:func:`splitc.targets.machine_profiler.time_torch` (warm-up, ``perf_counter`` around the call
-and ``torch.cuda.synchronize``, median of >= 50 runs and >= 1 s). The measured figure
-is the partition with each BatchNorm that follows a convolution folded into it
-(``torch.fx.experimental.optimization.fuse``): what splitc's ONNX export does and what
-its cost model assumes (``splitc.foldable`` BatchNorms cost nothing), i.e. the torch
-partition as one would deploy it. The unfolded GraphModule is timed too and recorded
-(``measured_unfolded_ms``) for reference. Results go to ``profile_accuracy_cuda.{json,md}``;
-``--save-target FILE`` also keeps the evaluated target YAML. The commands on a GPU machine::
+**Predicted** = the planner's figure for that tier (``plan.compute_s``: the nodes' times, the
+partition's run overhead and its layout conversions at the cuts), what ``splitc plan`` uses.
+**Error** = predicted / measured - 1. Goals (issue 17): predicted mode median |error| <= 10 %,
+worst <= 25 %; model-specific mode median <= 5 %, worst <= 15 %.
 
-    splitc profile --device cuda --kind cloud-vm --name h100-profile -o benchmarks/results/h100-profile.yaml
-    python benchmarks/profile_accuracy.py --device cuda \
-        --targets-file benchmarks/results/h100-profile.yaml --target h100-profile
+With ``--runs 2`` (the default) everything above runs twice back to back; both runs are reported,
+and so is the **run-to-run spread of the measurements themselves**: per partition,
+``|m1 - m2| / mean(m1, m2)`` of its measured time in the two runs (median and worst), the noise
+against which the errors must be read. The JSON records the load average before and after.
 
-Timings on a shared machine are inflated and noisy; the JSON records the load
-average before and after, and the spread of the runs of every partition.
+**On a GPU** (``--device cuda``, predicted mode) each partition is the compiler's own
+``torch.fx.GraphModule`` run in eager PyTorch on CUDA with BatchNorms folded into convolutions
+(``torch.fx.experimental.optimization.fuse``: what the cost model assumes), timed by
+:func:`splitc.targets.machine_profiler.time_torch`; profile with ``splitc profile --device cuda``.
 """
 
 from __future__ import annotations
@@ -61,25 +57,30 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-MODELS = ("resnet50", "mobilenet_v3_large", "vit_b_16")
-GOAL_MEDIAN, GOAL_WORST = 0.15, 0.30
+MODELS = ("resnet50", "mobilenet_v3_large", "vit_b_16", "efficientnet_b0", "convnext_tiny")
+MODES = ("predicted", "model-specific")
+GOALS = {"predicted": (0.10, 0.25), "model-specific": (0.05, 0.15)}  # median, worst |error|
 RESULTS = ROOT / "benchmarks" / "results"
+SHAPE = (1, 3, 224, 224)
 
 
-def get_target(args, tmp: Path) -> tuple[Path, str, dict | None]:
-    """The target file to evaluate: the one given, or a fresh profile of this machine."""
-    if args.targets_file:
-        return Path(args.targets_file), args.target, None
+def say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def profile_target(args, tmp: Path, run: int) -> tuple[Path, str, dict]:
+    """A fresh microbenchmark profile of this machine (never fitted on the benchmark models)."""
     from splitc.targets.machine_profiler import ProfileConfig, profile_machine, write_profile
 
-    config = ProfileConfig(name="this-machine", threads=args.threads, quick=args.quick, device=args.device,
+    name = "this-machine"
+    config = ProfileConfig(name=name, threads=args.threads, quick=args.quick, device=args.device,
                            kind="cloud-vm" if args.device == "cuda" else "edge",
-                           command=f"profile_machine(threads={args.threads}, quick={args.quick}, "
-                                   f"device={args.device!r})")
-    result = profile_machine(config, progress=lambda line: print(line, file=sys.stderr, flush=True))
-    path = tmp / "this-machine.yaml"
+                           command=f"splitc profile --name {name} --threads {args.threads}"
+                                   f"{' --quick' if args.quick else ''} --device {args.device}")
+    result = profile_machine(config, progress=say)
+    path = tmp / f"run{run}-{name}.yaml"
     write_profile(result, path)
-    return path, "this-machine", result.to_dict()
+    return path, name, result.to_dict()
 
 
 def choose_cuts(cands) -> list[str]:
@@ -95,6 +96,50 @@ def choose_cuts(cands) -> list[str]:
         chosen.append(best.after)
         last = best.index
     return chosen
+
+
+def compiled(spec: str, target_file: Path, target: str, cuts: list[str] | None):
+    """The compiler's partitions of ``spec`` for four tiers of ``target`` (cuts forced when given)."""
+    from splitc.core.options import CompileOptions
+    from splitc.core.pass_manager import PassManager
+    from splitc.driver.pipeline import default_passes, plan_model, prepare
+
+    if cuts is None:
+        planned = plan_model(spec, CompileOptions(targets=(target,) * 2, targets_files=(str(target_file),)), [SHAPE])
+        cuts = choose_cuts(planned.ctx.candidates)
+    options = CompileOptions(targets=(target,) * 4, targets_files=(str(target_file),), split=tuple(cuts))
+    prepared = prepare(spec, options, [SHAPE])
+    PassManager(default_passes()).run(prepared.traced.graph_module, prepared.ctx)
+    return prepared, cuts
+
+
+def model_specific_target(spec: str, target_file: Path, target: str, args, tmp: Path) -> tuple[Path, dict]:
+    """``splitc profile --model``'s table for ``spec`` added to the profiled target (written to a new file)."""
+    import dataclasses
+
+    from splitc.core.options import CompileOptions
+    from splitc.core.pass_manager import PassManager
+    from splitc.core.passes.eliminate_dead_code import EliminateDeadCodePass
+    from splitc.core.passes.fold_constants import FoldConstantsPass
+    from splitc.core.passes.fold_static_shapes import FoldStaticShapesPass
+    from splitc.core.passes.profile import ProfilePass
+    from splitc.driver.pipeline import prepare
+    from splitc.targets.model_profiler import measure_model
+    from splitc.targets.target import load_targets_file, write_targets_file
+
+    base = load_targets_file(target_file)[0]
+    prepared = prepare(spec, CompileOptions(targets=(target,), targets_files=(str(target_file),)), [SHAPE])
+    gm = PassManager([EliminateDeadCodePass(), FoldConstantsPass(), ProfilePass(), FoldStaticShapesPass()]).run(
+        prepared.traced.graph_module, prepared.ctx)
+    ctx = prepared.ctx
+    start = time.perf_counter()
+    table = measure_model(gm, ctx.example_inputs, [s.name for s in ctx.input_specs], base, threads=args.threads,
+                          model=spec, command=f"splitc profile --model {spec} --input-shape 1,3,224,224",
+                          input_shapes=[SHAPE], quick=args.quick)
+    seconds = time.perf_counter() - start
+    path = tmp / f"{target_file.stem}-{spec.split(':')[-1]}.yaml"
+    write_targets_file([dataclasses.replace(base, model_profile=table)], path)
+    return path, {"measured_model_ms": table.measured_s * 1e3, "model_profile_s": seconds}
 
 
 def time_partition_torch(part, quick: bool, device: str = "cuda") -> dict:
@@ -120,83 +165,160 @@ def time_partition_torch(part, quick: bool, device: str = "cuda") -> dict:
     return out
 
 
-def measure_model(model: str, target_file: Path, target: str, threads: int, quick: bool, tmp: Path,
-                  device: str = "cpu") -> dict:
-    from splitc.core.options import CompileOptions
-    from splitc.core.pass_manager import PassManager
-    from splitc.driver.pipeline import default_passes, plan_model, prepare
-    from splitc.core.graph import COMPUTE_OPS
-    from splitc.targets.cost_model import node_time
-    from splitc.backends.onnx_export import export_partition
-    from splitc.targets.machine_profiler import make_session, time_session
+def measure_partitions(prepared, args, tmp: Path, tag: str) -> list[dict]:
+    """Each partition timed as ``splitc compile`` writes it (ONNX Runtime) or as its GraphModule (cuda)."""
+    from splitc.backends.onnx_export import export_partitions
+    from splitc.targets.timing import make_session, time_session
 
-    spec, shape = f"torchvision.models:{model}", [(1, 3, 224, 224)]
-    planned = plan_model(spec, CompileOptions(targets=(target,) * 2, targets_files=(str(target_file),)), shape)
-    cuts = choose_cuts(planned.ctx.candidates)
-    options = CompileOptions(targets=(target,) * 4, targets_files=(str(target_file),), split=tuple(cuts))
-    prepared = prepare(spec, options, shape)
-    PassManager(default_passes()).run(prepared.traced.graph_module, prepared.ctx)
     ctx = prepared.ctx
-    tier = ctx.tiers[0]
-    rows = []
-    for part in ctx.partitions:
-        nodes = [n for n in part.graph_module.graph.nodes if n.op in COMPUTE_OPS]
-        predicted = float(sum(node_time(n, tier) for n in nodes))
-        planned_s = ctx.plan_result.best.compute_s[part.tier_index]
-        extra = {}
-        if device == "cuda":
-            timed = time_partition_torch(part, quick)
+    out = []
+    if args.device == "cuda":
+        for part in ctx.partitions:
+            timed = time_partition_torch(part, args.quick)
             measured, runs, spread = timed["folded"]
-            extra = {"measured_unfolded_ms": timed["unfolded"][0] * 1e3,
-                     "foldable_batchnorms": sum(bool(n.meta.get("splitc.foldable")) for n in nodes)}
-        else:
-            path = tmp / f"{model}-part{part.index}.onnx"
-            export_partition(part, path)
-            session = make_session(path, threads)
-            feeds = {name: x.numpy() for name, x in zip(part.inputs, part.example_inputs)}
-            measured, runs, spread = time_session(session, feeds, min_runs=5 if quick else 10,
-                                                  min_seconds=0.3 if quick else 1.0)
-            del session
-        rows.append({**extra, "model": model, "partition": part.index, "after": cuts[part.index] if part.index < 3 else "output",
+            out.append({"measured_s": measured, "runs": runs, "spread": spread,
+                        "measured_unfolded_ms": timed["unfolded"][0] * 1e3})
+        return out
+    paths = [tmp / f"{tag}-part{p.index}.onnx" for p in ctx.partitions]
+    report = export_partitions(ctx.partitions, paths)
+    for part, path in zip(ctx.partitions, paths):
+        session = make_session(path, args.threads)
+        feeds = {name: x.numpy() for name, x in zip(part.inputs, part.example_inputs)}
+        measured, runs, spread = time_session(session, feeds, min_runs=5 if args.quick else 20,
+                                              min_seconds=0.3 if args.quick else 1.0)
+        del session
+        out.append({"measured_s": measured, "runs": runs, "spread": spread, "export": report.method})
+        path.unlink()
+    return out
+
+
+def measure_model(model: str, target_file: Path, target: str, args, tmp: Path, run: int) -> dict:
+    from splitc.core.graph import COMPUTE_OPS
+
+    spec = f"torchvision.models:{model}"
+    prepared, cuts = compiled(spec, target_file, target, None)
+    ctx = prepared.ctx
+    plan = ctx.plan_result.best
+    timings = measure_partitions(prepared, args, tmp, f"run{run}-{model}")
+    rows = []
+    for part, timed in zip(ctx.partitions, timings):
+        nodes = [n for n in part.graph_module.graph.nodes if n.op in COMPUTE_OPS]
+        rows.append({"model": model, "partition": part.index, "after": cuts[part.index] if part.index < 3 else "output",
                      "nodes": len(nodes), "gflops": sum(n.meta.get("splitc.flops", 0) for n in nodes) / 1e9,
-                     "predicted_ms": predicted * 1e3, "plan_compute_ms": planned_s * 1e3,
-                     "measured_ms": measured * 1e3, "runs": runs, "spread": spread,
-                     "error": predicted / measured - 1.0})
-        print(f"[accuracy] {model} part{part.index}: predicted {predicted * 1e3:.2f} ms, measured "
-              f"{measured * 1e3:.2f} ms ({rows[-1]['error'] * 100:+.0f}%)", file=sys.stderr, flush=True)
-    return {"model": model, "cuts_after": cuts, "rows": rows}
+                     "measured_ms": timed["measured_s"] * 1e3, "runs": timed["runs"], "spread": timed["spread"],
+                     "export": timed.get("export"),
+                     "predicted": {"predicted_ms": plan.compute_s[part.tier_index] * 1e3},
+                     **({"measured_unfolded_ms": timed["measured_unfolded_ms"]} if "measured_unfolded_ms" in timed
+                        else {})})
+    extra = {}
+    if "model-specific" in args.modes:
+        specific_file, extra = model_specific_target(spec, target_file, target, args, tmp)
+        specific, _ = compiled(spec, specific_file, target, cuts)
+        splan = specific.ctx.plan_result.best
+        figures = specific.ctx.plan_result.figures
+        for row in rows:
+            tier = row["partition"]
+            row["model-specific"] = {"predicted_ms": splan.compute_s[tier] * 1e3,
+                                     "measured_nodes": figures[tier]["measured_nodes"], "nodes_total": figures[tier]["nodes"]}
+    for row in rows:
+        for mode in args.modes:
+            if mode in row:
+                row[mode]["error"] = row[mode]["predicted_ms"] / row["measured_ms"] - 1.0
+        say(f"[accuracy] run {run} {model} part{row['partition']}: measured {row['measured_ms']:.2f} ms; "
+            + ", ".join(f"{mode} {row[mode]['predicted_ms']:.2f} ms ({row[mode]['error'] * 100:+.1f}%)"
+                        for mode in args.modes if mode in row))
+    return {"model": model, "cuts_after": cuts, "rows": rows, **extra}
 
 
-def table(rows: list[dict]) -> str:
-    unfolded = any("measured_unfolded_ms" in r for r in rows)
-    lines = ["| model | partition | cut after | nodes | GFLOPs | predicted ms | measured ms | error % |"
-             + (" measured, BN unfolded ms |" if unfolded else ""),
-             "|---|---|---|---:|---:|---:|---:|---:|" + ("---:|" if unfolded else "")]
+def summarise(rows: list[dict], modes) -> dict:
+    out = {}
+    for mode in modes:
+        errors = np.abs([r[mode]["error"] for r in rows if mode in r])
+        if not len(errors):
+            continue
+        goal_median, goal_worst = GOALS[mode]
+        out[mode] = {"median_abs_error": float(np.median(errors)), "worst_abs_error": float(errors.max()),
+                     "partitions": int(len(errors)), "goal_median": goal_median, "goal_worst": goal_worst,
+                     "met": bool(np.median(errors) <= goal_median and errors.max() <= goal_worst)}
+    return out
+
+
+def run_to_run(runs: list[dict]) -> dict | None:
+    """|m1 - m2| / mean of each partition's measured time across the first two runs."""
+    if len(runs) < 2:
+        return None
+    first = {(r["model"], r["partition"]): r["measured_ms"] for r in runs[0]["rows"]}
+    spreads = [abs(r["measured_ms"] - first[(r["model"], r["partition"])])
+               / (0.5 * (r["measured_ms"] + first[(r["model"], r["partition"])]))
+               for r in runs[1]["rows"] if (r["model"], r["partition"]) in first]
+    return {"median": float(np.median(spreads)), "worst": float(np.max(spreads)), "partitions": len(spreads)}
+
+
+def table(rows: list[dict], modes) -> str:
+    header = "| model | partition | cut after | nodes | GFLOPs | measured ms |"
+    rule = "|---|---|---|---:|---:|---:|"
+    for mode in modes:
+        header += f" {mode} ms | {mode} error % |"
+        rule += "---:|---:|"
+    lines = [header, rule]
     for r in rows:
-        lines.append(f"| {r['model']} | {r['partition']} | `{r['after']}` | {r['nodes']} | {r['gflops']:.3f} | "
-                     f"{r['predicted_ms']:.2f} | {r['measured_ms']:.2f} | {r['error'] * 100:+.1f} |"
-                     + (f" {r['measured_unfolded_ms']:.2f} |" if unfolded else ""))
+        line = (f"| {r['model']} | {r['partition']} | `{r['after']}` | {r['nodes']} | {r['gflops']:.3f} | "
+                f"{r['measured_ms']:.2f} |")
+        for mode in modes:
+            m = r.get(mode)
+            line += f" {m['predicted_ms']:.2f} | {m['error'] * 100:+.1f} |" if m else " - | - |"
+        lines.append(line)
     return "\n".join(lines)
+
+
+def markdown(payload: dict) -> str:
+    modes = payload["modes"]
+    md = [f"# Profile accuracy{' (torch on CUDA)' if payload['device'] == 'cuda' else ''}", "",
+          f"`{payload['command']}` on {payload['date_utc']} ({payload['machine']['cpus']} CPUs, "
+          f"{payload['machine']['runtime']}; load average before/after "
+          f"{payload['machine']['load_average_before'][0]:.2f}/{payload['machine']['load_average_after'][0]:.2f}; "
+          f"{payload['duration_s'] / 60:.1f} min)", ""]
+    for run in payload["runs"]:
+        md += [f"## Run {run['run']} ({run['date_utc']})", "", table(run["rows"], modes), ""]
+        for mode, s in run["summary"].items():
+            md.append(f"- **{mode}**: median |error| {s['median_abs_error'] * 100:.1f} % (goal <= "
+                      f"{s['goal_median'] * 100:.0f} %), worst {s['worst_abs_error'] * 100:.1f} % (goal <= "
+                      f"{s['goal_worst'] * 100:.0f} %), {s['partitions']} partitions: "
+                      f"{'met' if s['met'] else 'NOT met'}")
+        md.append("")
+    spread = payload.get("run_to_run_spread")
+    if spread:
+        md.append(f"Run-to-run spread of the measured partitions (|m1 - m2| / mean): median "
+                  f"{spread['median'] * 100:.1f} %, worst {spread['worst'] * 100:.1f} % over {spread['partitions']} "
+                  "partitions.")
+    if payload.get("contended"):
+        md.append("\n**Contended run**: other processes loaded the CPUs during this run; the profile and the "
+                  "partitions were timed under different interference, so these errors are not meaningful. "
+                  "Rerun on a quiet machine.")
+    return "\n".join(md) + "\n"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--targets-file", help="A target YAML written by 'splitc profile' (default: profile now).")
-    parser.add_argument("--target", default=None, help="Its target name (with --targets-file).")
+    parser.add_argument("--runs", type=int, default=2, help="Complete runs back to back (profile + measure each).")
     parser.add_argument("--threads", type=int, default=0, help="ONNX Runtime threads (0 = default), as profiled.")
-    parser.add_argument("--quick", action="store_true", help="Quick profile and fewer repeats.")
+    parser.add_argument("--quick", action="store_true", help="Quick profile and fewer repeats (a smoke run).")
     parser.add_argument("--models", default=",".join(MODELS), help="Comma-separated torchvision models.")
+    parser.add_argument("--modes", default=",".join(MODES), help="predicted, model-specific (comma-separated).")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                         help="cpu: ONNX Runtime partitions; cuda: the partitions' GraphModules in eager torch on CUDA.")
     parser.add_argument("--out", default=None,
                         help="JSON destination (.md beside); default benchmarks/results/profile_accuracy[_cuda].json.")
-    parser.add_argument("--save-target", default=None, help="Also copy the evaluated target YAML here.")
     args = parser.parse_args()
+    args.modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    if set(args.modes) - set(MODES):
+        parser.error(f"--modes: valid modes are {', '.join(MODES)}")
+    if args.device == "cuda" and "model-specific" in args.modes:
+        parser.error("--device cuda measures eager torch: use --modes predicted (model profiles are ONNX Runtime's)")
     args.out = args.out or str(RESULTS / ("profile_accuracy_cuda.json" if args.device == "cuda"
                                           else "profile_accuracy.json"))
-    if args.targets_file and not args.target:
-        parser.error("--target NAME is required with --targets-file")
     logging.basicConfig(level=logging.WARNING)
+    import onnxruntime
     import torch
 
     from splitc.errors import SplitcError
@@ -206,54 +328,39 @@ def main() -> None:
         check_device(args.device)  # before minutes of planning: no GPU -> one line, exit 2
     except SplitcError as err:
         parser.exit(2, f"error: {err}\n")
-
-    torch.set_num_threads(max(1, args.threads or os.cpu_count() or 1))
+    torch.set_num_threads(1)  # tracing, profiling and export only; ONNX Runtime has its own threads
     start, load_before = time.perf_counter(), os.getloadavg()
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    runs = []
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        target_file, target, profile = get_target(args, tmp)
-        target_yaml = target_file.read_text(encoding="utf-8")
-        if args.save_target:
-            Path(args.save_target).write_text(target_yaml, encoding="utf-8")
-        results = [measure_model(m.strip(), target_file, target, args.threads, args.quick, tmp, args.device)
-                   for m in args.models.split(",") if m.strip()]
-    rows = [r for res in results for r in res["rows"]]
-    errors = np.abs([r["error"] for r in rows])
-    summary = {"median_abs_error": float(np.median(errors)), "worst_abs_error": float(errors.max()),
-               "goal_median": GOAL_MEDIAN, "goal_worst": GOAL_WORST,
-               "met": bool(np.median(errors) <= GOAL_MEDIAN and errors.max() <= GOAL_WORST)}
-    import onnxruntime
-    import torch
-
+        for run in range(1, args.runs + 1):
+            run_start = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+            target_file, target, profile = profile_target(args, tmp, run)
+            results = [measure_model(m, target_file, target, args, tmp, run) for m in models]
+            rows = [r for res in results for r in res["rows"]]
+            runs.append({"run": run, "date_utc": run_start, "summary": summarise(rows, args.modes), "rows": rows,
+                         "models": [{k: v for k, v in r.items() if k != "rows"} for r in results],
+                         "target_yaml": target_file.read_text(encoding="utf-8"), "profile": profile})
+    load_after = os.getloadavg()
+    runtime = (f"{torch.cuda.get_device_name()}, eager torch {torch.__version__} CUDA {torch.version.cuda}, fp32, "
+               "BatchNorms folded into convs" if args.device == "cuda"
+               else f"ONNX Runtime {onnxruntime.__version__}, threads {args.threads or 'default'}")
     payload = {
         "command": " ".join(["python", "benchmarks/profile_accuracy.py", *sys.argv[1:]]),
         "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"cpu": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
+        "machine": {"cpu": platform.processor() or platform.machine(), "cpus": os.cpu_count(), "runtime": runtime,
                     "onnxruntime": onnxruntime.__version__, "torch": torch.__version__,
-                    "load_average_before": load_before, "load_average_after": os.getloadavg(),
-                    "gpu": torch.cuda.get_device_name() if args.device == "cuda" else None,
-                    "torch_cuda": torch.version.cuda if args.device == "cuda" else None},
-        "device": args.device,
-        "threads": args.threads, "quick": args.quick, "duration_s": time.perf_counter() - start,
-        "summary": summary, "rows": rows, "models": [{k: v for k, v in r.items() if k != "rows"} for r in results],
-        "target_yaml": target_yaml, "profile": profile,
+                    "load_average_before": load_before, "load_average_after": load_after},
+        "device": args.device, "threads": args.threads, "quick": args.quick, "modes": args.modes,
+        "duration_s": time.perf_counter() - start, "goals": GOALS, "runs": runs,
+        "run_to_run_spread": run_to_run(runs),
+        "contended": max(load_before[0], load_after[0]) > 0.5 * (os.cpu_count() or 1) + 1,
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
-    runtime = (f"{payload['machine']['gpu']}, eager torch {torch.__version__} CUDA {torch.version.cuda}, fp32, "
-               f"BatchNorms folded into convs" if args.device == "cuda"
-               else f"ONNX Runtime {onnxruntime.__version__}, threads {args.threads or 'default'}")
-    md = (f"# Profile accuracy{' (torch on CUDA)' if args.device == 'cuda' else ''}\n\n`{payload['command']}` on "
-          f"{payload['date_utc']} ({os.cpu_count()} CPUs, {runtime}; "
-          f"load average before/after {load_before[0]:.2f}/{os.getloadavg()[0]:.2f})\n\n{table(rows)}\n\n"
-          f"Median |error| {summary['median_abs_error'] * 100:.1f}% (goal <= {GOAL_MEDIAN * 100:.0f}%), worst "
-          f"{summary['worst_abs_error'] * 100:.1f}% (goal <= {GOAL_WORST * 100:.0f}%): "
-          f"{'met' if summary['met'] else 'NOT met'}.\n")
-    if max(load_before[0], os.getloadavg()[0]) > 0.5 * (os.cpu_count() or 1) + 1:  # others shared the cores
-        md += ("\n**Contended run**: other processes loaded the CPUs during this run; the profile and the "
-               "partitions were timed under different interference, so these errors are not meaningful. "
-               "Rerun on a quiet machine.\n")
+    md = markdown(payload)
     out.with_suffix(".md").write_text(md, encoding="utf-8")
     print(md)
 

@@ -55,6 +55,11 @@ class ChainProblem:
         reach: ``[N+1]`` share of requests that reach each position (early exits:
             ``reach[i]`` weights node i and the link at cut i); None = 1 everywhere.
             With it the objective is the *expected* latency; the DP stays exact.
+        tier_entry_s: ``[k, N+1]`` seconds tier t pays when its partition starts at cut c and runs
+            at least one node (one session run, layout conversions of what it receives); None = 0.
+        tier_exit_s: ``[k, N+1]`` seconds tier t pays when its partition ends at cut c and runs at
+            least one node (layout conversions of what it sends); None = 0. Entry is weighted by
+            the reach at the partition's first node, exit by the reach at its last.
     """
 
     node_time: np.ndarray
@@ -67,6 +72,34 @@ class ChainProblem:
     wire_bytes: np.ndarray | None = None
     link_extra_s: np.ndarray | None = None
     reach: np.ndarray | None = None
+    tier_entry_s: np.ndarray | None = None
+    tier_exit_s: np.ndarray | None = None
+
+    def weighted_entry(self, tier: int) -> np.ndarray:
+        """``[N+1]`` entry seconds of ``tier`` by start cut, weighted by the reach there (0 at cut N)."""
+        if self.tier_entry_s is None:
+            return np.zeros(self.n + 1)
+        entry = np.asarray(self.tier_entry_s[tier], dtype=np.float64)
+        return entry if self.reach is None else entry * self.reach
+
+    def weighted_exit(self, tier: int) -> np.ndarray:
+        """``[N+1]`` exit seconds of ``tier`` by end cut, weighted by the reach at the range's last node."""
+        if self.tier_exit_s is None:
+            return np.zeros(self.n + 1)
+        exit_ = np.asarray(self.tier_exit_s[tier], dtype=np.float64)
+        if self.reach is None:
+            return exit_
+        last = np.concatenate([[1.0], np.asarray(self.reach[:self.n], dtype=np.float64)])  # reach of node c-1
+        return exit_ * last
+
+    def boundary_cost(self, tier: int, start: int, end: int, weighted: bool = True) -> float:
+        """Entry + exit seconds of ``tier`` running nodes ``[start, end)`` (0 when it runs nothing)."""
+        if end <= start:
+            return 0.0
+        if weighted:
+            return float(self.weighted_entry(tier)[start] + self.weighted_exit(tier)[end])
+        entry = 0.0 if self.tier_entry_s is None else float(self.tier_entry_s[tier][start])
+        return entry + (0.0 if self.tier_exit_s is None else float(self.tier_exit_s[tier][end]))
 
     def weighted_node_time(self, tier: int) -> np.ndarray:
         """``[N]`` node times of ``tier`` weighted by the share of requests reaching each node."""
@@ -131,7 +164,8 @@ def evaluate_cuts(problem: ChainProblem, cuts: tuple[int, ...]) -> dict[str, obj
         of requests reaching each tier's first node; compute and links are already weighted by it)
     """
     bounds = (0, *cuts, problem.n)
-    compute = [float(problem.weighted_node_time(t)[bounds[t]:bounds[t + 1]].sum()) for t in range(problem.tiers)]
+    compute = [float(problem.weighted_node_time(t)[bounds[t]:bounds[t + 1]].sum())
+               + problem.boundary_cost(t, bounds[t], bounds[t + 1]) for t in range(problem.tiers)]
     links = [problem.link_cost(t, bounds[t + 1]) for t in range(problem.tiers - 1)]
     memory = [problem.memory_of(bounds[t], bounds[t + 1]) for t in range(problem.tiers)]
     fits = all(m <= problem.memory[t] for t, m in enumerate(memory))
@@ -231,6 +265,8 @@ class PlanResult:
             privacy profile, leakage), fastest first; the chosen plan is among them.
         variants: with ``--bandwidth-range``, the plans optimal across the range of the first
             link's bandwidth, each with the range where it wins (see planning/plan.py).
+        figures: per tier, whether its compute time is measured (``splitc profile --model``) or
+            predicted by the cost model (``tier``, ``nodes``, ``measured_nodes``, ``compute``).
     """
 
     tiers: list[str]
@@ -242,6 +278,7 @@ class PlanResult:
     objective: dict[str, Any] = field(default_factory=lambda: {"name": "latency"})
     pareto: list[PlanChoice] = field(default_factory=list)
     variants: list[dict[str, Any]] = field(default_factory=list)
+    figures: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self, include_ranking: bool = False) -> dict[str, Any]:
         out = {
@@ -252,6 +289,8 @@ class PlanResult:
             "links": [link.to_dict() for link in self.links],
             **self.best.to_dict(),
         }
+        if self.figures:
+            out["figures"] = [dict(f) for f in self.figures]
         if self.pareto:
             out["pareto"] = [p.to_dict() for p in self.pareto]
         if self.variants:

@@ -258,6 +258,12 @@ def targets(targets_file, as_json) -> None:
 @click.option("--quick", is_flag=True, help="Fewer shapes and repeats (< 30 s): a rough profile for smoke tests.")
 @click.option("--device", default="cpu", show_default=True,
               help="cpu: ONNX Runtime on the CPU; cuda: eager PyTorch on this machine's GPU (backend torch).")
+@click.option("--model", "model", default=None,
+              help="Also measure this model's own nodes on this machine (.pt, .pt2 or pkg.module:factory); "
+                   "plans of that model then use the measured figures.")
+@click.option("--input-shape", multiple=True, help="With --model: its static input shape, e.g. 1,3,224,224.")
+@click.option("--input-dtype", multiple=True, help="With --model: input dtype (default float32).")
+@click.option("--seed", default=0, show_default=True, help="With --model: seed for factories and inputs.")
 @click.option("--force", is_flag=True, help="Overwrite -o if it exists.")
 @click.option("--uplink-bandwidth", default="100mbps", show_default=True,
               help="Default uplink to the next tier (an assumption written to the file, not measured).")
@@ -268,9 +274,14 @@ def targets(targets_file, as_json) -> None:
 @click.option("--usd-per-kwh", type=float, help="Electricity price for the energy price model.")
 @click.option("--measurements", type=click.Path(dir_okay=False), help="Also write every timing and the fit as JSON.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress lines.")
-def profile(name, out, kind, threads, quick, device, force, uplink_bandwidth, uplink_rtt, usable_memory_fraction, watts,
-            usd_per_kwh, measurements, quiet) -> None:
-    """Measure this machine (ONNX Runtime on the CPU, or torch on CUDA) and write a target file (--targets-file)."""
+def profile(name, out, kind, threads, quick, device, model, input_shape, input_dtype, seed, force, uplink_bandwidth,
+            uplink_rtt, usable_memory_fraction, watts, usd_per_kwh, measurements, quiet) -> None:
+    """Measure this machine (ONNX Runtime on the CPU, or torch on CUDA) and write a target file (--targets-file).
+
+    With --model, also measure that model's own nodes (ONNX Runtime's profiler, mapped back to
+    graph nodes): `splitc plan/compile MODEL --targets-file NAME.yaml --target NAME,...` then uses
+    the measured figures for that model and says so in the plan.
+    """
     _setup_logging(0, quiet)
     from splitc.targets.machine_profiler import ProfileConfig, check_output_path, profile_machine, write_profile
 
@@ -282,11 +293,45 @@ def profile(name, out, kind, threads, quick, device, force, uplink_bandwidth, up
     check_output_path(out, force)
     if measurements:
         check_output_path(measurements, True)
+    if (input_shape or input_dtype) and not model:
+        raise SplitcError("--input-shape and --input-dtype describe --model's inputs", "give --model MODEL too")
+    if model and device != "cpu":
+        raise SplitcError("--model measures the model in ONNX Runtime on the CPU", "drop --device cuda, or --model")
+    analysed = _analysed_model(model, input_shape, input_dtype, seed) if model else None  # bad model: fail now
     result = profile_machine(config, progress=log.info)
+    if analysed is not None:
+        import dataclasses
+
+        from splitc.targets.model_profiler import measure_model
+
+        gm, ctx = analysed
+        table = measure_model(gm, ctx.example_inputs, [s.name for s in ctx.input_specs], result.target,
+                              threads=threads, model=model, command=config.command,
+                              input_shapes=[s.shape for s in ctx.input_specs], quick=quick)
+        result.target = dataclasses.replace(result.target, model_profile=table, notes=result.target.notes + (
+            f" Model profile: {len(table.nodes)} nodes of {model} measured on this machine "
+            f"({table.measured_s * 1e3:.3f} ms per run); plans of that model use them."))
     write_profile(result, out)
     if measurements:
         Path(measurements).write_text(json.dumps(result.to_dict(), indent=2) + "\n", encoding="utf-8")
     log.info("[profile] wrote %s: use it with --targets-file %s --target %s", out, out, result.target.name)
+
+
+def _analysed_model(model: str, input_shape: tuple[str, ...], input_dtype: tuple[str, ...], seed: int):
+    """Load, trace and run the analyses ``splitc plan`` runs before planning (so node names match)."""
+    from splitc.core.options import CompileOptions
+    from splitc.core.pass_manager import PassManager
+    from splitc.core.passes.eliminate_dead_code import EliminateDeadCodePass
+    from splitc.core.passes.fold_constants import FoldConstantsPass
+    from splitc.core.passes.fold_static_shapes import FoldStaticShapesPass
+    from splitc.core.passes.profile import ProfilePass
+    from splitc.driver.pipeline import prepare
+
+    prepared = prepare(model, CompileOptions(targets=("edge-cpu",), seed=seed), _shapes(input_shape),
+                       list(input_dtype))
+    passes = [EliminateDeadCodePass(), FoldConstantsPass(), ProfilePass(), FoldStaticShapesPass()]
+    gm = PassManager(passes).run(prepared.traced.graph_module, prepared.ctx)
+    return gm, prepared.ctx
 
 
 def _profile_command(params: dict) -> str:
@@ -296,7 +341,10 @@ def _profile_command(params: dict) -> str:
         flag = "-o" if key == "out" else "--" + key.replace("_", "-")
         if value is True:
             words.append(flag)
-        elif value not in (None, False):
+        elif isinstance(value, tuple):  # a repeatable option: once per value
+            for item in value:
+                words += [flag, str(item)]
+        elif value not in (None, False) and not (key == "seed" and value == 0):
             words += [flag, str(value)]
     return " ".join(words)
 

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from splitc.backends.emit import emit_backend_artifacts
-from splitc.backends.onnx_export import export_partition
+from splitc.backends.onnx_export import export_partitions
 from splitc.compression.quantize import quantize_partitions
 from splitc.compression.insert_bottleneck import InsertBottleneckPass
 from splitc.compression.prune import PrunePass
@@ -208,18 +208,26 @@ def _write_variants(stage: Path, model: str, options: CompileOptions, ctx: Compi
 
 
 def _export_all(ctx: CompileContext, stage: Path, folders: list[str]) -> list[dict[str, Any]]:
-    exported = []
+    """Every partition to ``<tier>/part<K>.onnx``: one export of the adapted chain, cut by wire names
+    (backends/onnx_export.py says when and why it falls back to one export per partition)."""
+    paths = []
     for part in ctx.partitions:
         folder = stage / folders[part.tier_index]
         folder.mkdir(exist_ok=True)
-        path = folder / f"part{part.index}.onnx"
-        start = time.perf_counter()
-        result = export_partition(part, path, opset=ctx.options.opset, simplify=ctx.options.simplify)
-        elapsed = time.perf_counter() - start
-        ctx.pass_timings[f"export.part{part.index}"] = elapsed
-        log.info("[export] partition %d -> %s/%s (%d nodes, %.1f MiB, %s exporter%s, %.2fs)", part.index,
+        paths.append(folder / f"part{part.index}.onnx")
+    start = time.perf_counter()
+    report = export_partitions(ctx.partitions, paths, opset=ctx.options.opset, simplify=ctx.options.simplify)
+    ctx.pass_timings["export"] = time.perf_counter() - start
+    ctx.pass_timings.update({f"export.{k}": v for k, v in report.seconds.items()})  # export, simplify, extract, ...
+    steps = ", ".join(f"{k} {v:.2f}s" for k, v in report.seconds.items())
+    how = ("one stitched export cut into partitions" if report.method == "stitched"
+           else f"one export per partition ({report.reason})")
+    log.info("[export] %d partition(s): %s (%s; %.2fs)", len(paths), how, steps, ctx.pass_timings["export"])
+    exported = []
+    for part, path, result in zip(ctx.partitions, paths, report.partitions):
+        log.info("[export] partition %d -> %s/%s (%d nodes, %.1f MiB, %s exporter%s)", part.index,
                  folders[part.tier_index], path.name, part.end - part.start, path.stat().st_size / 2**20,
-                 result.exporter, ", simplified" if result.simplified else "", elapsed)
+                 result.exporter, ", simplified" if result.simplified else "")
         exported.append({"file": f"{folders[part.tier_index]}/{path.name}", "sha256": sha256_file(path),
                          "exporter": result.exporter, "simplified": result.simplified,
                          "op_types": result.op_types, "warnings": result.warnings})

@@ -137,24 +137,35 @@ def solve_chain(problem: ChainProblem) -> ChainSolution:
     links = [problem.link_costs(t) for t in range(k - 1)]
 
     # forward[t][c]: best cost of tiers 0..t with tier t ending at cut c.
-    forward = [np.where(idx <= windows[0][1][0], prefix[0], INF)]
+    # a tier running [a, b) with a < b also pays entry[a] + exit[b] (one session run, layout conversions):
+    # the empty range (a = b) and the non-empty ones are minimised apart, so the DP stays exact
+    entry = [problem.weighted_entry(t) for t in range(k)]
+    exit_ = [problem.weighted_exit(t) for t in range(k)]
+    forward = [np.where(idx <= windows[0][1][0], prefix[0] + np.where(idx > 0, entry[0][0] + exit_[0], 0.0), INF)]
     back_ptr: list[np.ndarray] = [np.zeros(n + 1, dtype=np.int64)]
     for t in range(1, k):
         g = np.where(boundary_ok, forward[t - 1] + links[t - 1] - prefix[t], INF)
-        mins, args = _window_argmin(g, windows[t][0], idx)
-        forward.append(prefix[t] + mins)
-        back_ptr.append(args)
+        mins, args = _window_argmin(g + entry[t], windows[t][0], idx - 1)   # tier t runs [a, b), a < b
+        busy = prefix[t] + exit_[t] + mins
+        empty = g + prefix[t]                                               # tier t runs nothing (a = b)
+        take_empty = empty <= busy
+        forward.append(np.where(take_empty, empty, busy))
+        back_ptr.append(np.where(take_empty, idx, args))
     # backward[t][c]: best cost of link t-1 plus tiers t..k-1 with tier t starting at cut c.
     backward: list[np.ndarray] = [np.empty(0)] * k
     fwd_ptr: list[np.ndarray] = [np.empty(0, dtype=np.int64)] * k
-    last_end = np.where(windows[k - 1][1] >= n, prefix[k - 1][n] - prefix[k - 1], INF)
+    last_end = np.where(windows[k - 1][1] >= n,
+                        prefix[k - 1][n] - prefix[k - 1] + np.where(idx < n, entry[k - 1] + exit_[k - 1][n], 0.0), INF)
     backward[k - 1] = np.where(boundary_ok, last_end + links[k - 2], INF) if k > 1 else last_end
     fwd_ptr[k - 1] = np.full(n + 1, n, dtype=np.int64)
     for t in range(k - 2, 0, -1):
         h = np.where(boundary_ok, prefix[t] + backward[t + 1], INF)
-        mins, args = _window_argmin(h, idx, windows[t][1])
-        backward[t] = np.where(boundary_ok, links[t - 1] + mins - prefix[t], INF)
-        fwd_ptr[t] = args
+        mins, args = _window_argmin(h + exit_[t], idx + 1, windows[t][1])   # tier t runs [c, e), c < e
+        busy = mins - prefix[t] + entry[t]
+        empty = h - prefix[t]                                               # tier t runs nothing (e = c)
+        take_empty = empty <= busy
+        backward[t] = np.where(boundary_ok, links[t - 1] + np.where(take_empty, empty, busy), INF)
+        fwd_ptr[t] = np.where(take_empty, idx, args)
 
     total = float(forward[k - 1][n])
     if not np.isfinite(total):

@@ -226,8 +226,11 @@ def evaluate_plans(problem: ChainProblem, tiers, cuts: np.ndarray, rps: float, *
         s, e = bounds[:, t], bounds[:, t + 1]
         weighted = _prefix(problem.weighted_node_time(t))
         unweighted = _prefix(problem.node_time[t])
-        expected += weighted[e] - weighted[s]
-        busy[:, t] = unweighted[e] - unweighted[s]
+        runs = e > s  # entry and exit (session run, layout conversions) only when the tier runs something
+        expected += weighted[e] - weighted[s] + np.where(runs, problem.weighted_entry(t)[s]
+                                                         + problem.weighted_exit(t)[e], 0.0)
+        plain_entry, plain_exit = plain.weighted_entry(t), plain.weighted_exit(t)
+        busy[:, t] = unweighted[e] - unweighted[s] + np.where(runs, plain_entry[s] + plain_exit[e], 0.0)
         memory[:, t] = range_memory(problem, s, e)
         fits &= memory[:, t] <= problem.memory[t]
         reach[:, t] = reach_pos[s]

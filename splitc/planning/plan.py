@@ -26,12 +26,13 @@ from splitc.planning.objectives import Weights, candidate_plans, evaluate_plans,
 from splitc.core.placement import ChainProblem, evaluate_cuts
 from splitc.planning.chain import solve_chain
 from splitc.errors import SplitcError
-from splitc.targets.cost_model import node_times
+from splitc.core.graph import model_output_names
+from splitc.targets.cost_model import boundary_times, measured_mask, node_times
 from splitc.units import format_bytes, parse_bandwidth
 from splitc.core.passes.profile import PARAM_BYTES
 
 __all__ = ["PlanPass", "PlanSettings", "ChainPlanner", "resolve_links", "build_problem", "training_problem",
-           "bandwidth_variants"]
+           "bandwidth_variants", "figure_sources"]
 
 log = logging.getLogger("splitc")
 
@@ -82,7 +83,11 @@ def build_problem(gm: torch.fx.GraphModule, candidates, tiers, links) -> ChainPr
     """Arrays for the planner from the profiled graph, the candidates, targets and links."""
     by_name = {n.name: n for n in gm.graph.nodes}
     nodes = [by_name[name] for name in candidates.nodes]
+    crossing = [c.crossing for c in candidates.cuts[:len(nodes)]] + [tuple(model_output_names(gm))]
+    bounds = [boundary_times(nodes, crossing, t) for t in tiers]  # per run + layout conversions at the cuts
     return ChainProblem(
+        tier_entry_s=np.vstack([b[0] for b in bounds]),
+        tier_exit_s=np.vstack([b[1] for b in bounds]),
         node_time=np.vstack([node_times(nodes, t) for t in tiers]) if nodes else np.zeros((len(tiers), 0)),
         cut_bytes=candidates.cut_bytes,
         legal=candidates.legal_mask,
@@ -91,6 +96,28 @@ def build_problem(gm: torch.fx.GraphModule, candidates, tiers, links) -> ChainPr
         rtt=np.array([link.rtt_s for link in links]),
         bandwidth=np.array([link.bandwidth_bps for link in links]),
     )
+
+
+def figure_sources(gm: torch.fx.GraphModule, candidates, tiers, best: PlanChoice) -> list[dict[str, Any]]:
+    """Per tier of the chosen plan: how many of its nodes' times are measured (``splitc profile --model``).
+
+    Everything else is predicted by the cost model: the other nodes, links, per-run costs and
+    layout conversions at the cuts.
+    """
+    by_name = {n.name: n for n in gm.graph.nodes}
+    nodes = [by_name[name] for name in candidates.nodes]
+    bounds = (0, *best.cuts, len(nodes))
+    out = []
+    for t, target in enumerate(tiers):
+        part = nodes[bounds[t]:bounds[t + 1]]
+        measured = int(measured_mask(part, target).sum()) if part else 0
+        entry = {"tier": target.name, "nodes": len(part), "measured_nodes": measured,
+                 "compute": "none" if not part else ("measured" if measured == len(part)
+                                                     else "partly measured" if measured else "predicted")}
+        if measured:
+            entry["measured_by"] = target.model_profile.command or f"splitc profile --model {target.model_profile.model}"
+        out.append(entry)
+    return out
 
 
 TRAINING_COMPUTE_FACTOR = 3.0  # forward + backward; backward ~ 2x the forward FLOPs (grads wrt inputs and weights)
@@ -218,7 +245,8 @@ class PlanPass(Pass):
         indifference = cost_indifference(gm, candidates, ctx.tiers, best, problem)
         if indifference:
             objective["indifference"] = indifference
-        ctx.plan_result = PlanResult(names, links, best, forced, alternatives, ranking, objective, pareto, variants)
+        ctx.plan_result = PlanResult(names, links, best, forced, alternatives, ranking, objective, pareto, variants,
+                                     figures=figure_sources(gm, candidates, ctx.tiers, best))
         summary = (f"{'forced' if forced else 'best'} cut(s): {best.describe()}; predicted "
                    f"{best.latency_s * 1e3:.2f} ms{_cost_words(best)} ({len(candidates.cuts)} candidates, "
                    f"objective {settings.name})")

@@ -30,6 +30,9 @@ def format_plan_table(plan: PlanResult, top: int | None = 15) -> str:
     where = ", ".join(f"after {a}" if a else "before the first node (raw input)" for a in best.after) or "none"
     lines.append(f"{'forced' if plan.forced else 'chosen'} plan: cut {where}; predicted {format_ms(best.latency_s)} ms "
                  f"= {breakdown} (ms)")
+    if plan.figures:  # which compute figures are measured (splitc profile --model) and which predicted
+        lines.append("figures: " + "; ".join(_figure_words(f) for f in plan.figures)
+                     + "; links, per-run costs and layout conversions at cuts predicted")
     if best.reach:  # early exits: latencies are expectations over requests; each tier's term is already weighted
         lines.append("early exits: expected latency over requests; share of requests reaching each tier: "
                      + ", ".join(f"{t} {r:.1%}" for t, r in zip(plan.tiers, best.reach)))
@@ -48,6 +51,15 @@ def format_plan_table(plan: PlanResult, top: int | None = 15) -> str:
             lines.append(f"{rank:>4} {after[:32]:<32} {format_bytes(row['bytes']):>10} {len(row['tensors']):>7} "
                          f"{total:>13}  {row['plan'] if row['plan'] else row['reason']}")
     return "\n".join(lines)
+
+
+def _figure_words(figure: dict[str, Any]) -> str:
+    if figure["compute"] == "none":
+        return f"{figure['tier']} runs nothing"
+    if figure["compute"] == "predicted":
+        return f"{figure['tier']} compute predicted by the cost model"
+    return (f"{figure['tier']} compute measured for {figure['measured_nodes']} of {figure['nodes']} nodes "
+            f"({figure['measured_by']})")
 
 
 def _usd(value: float | None) -> str:

@@ -3,51 +3,57 @@
 Every figure of the target cost model (:mod:`splitc.targets.cost_model`)::
 
     node_time = max(flops / (peak * efficiency[op_class]), bytes_moved / memory_bandwidth) + op_overhead
+    (a node inside another's kernel: its FLOPs only; plus layout conversions; plus run_overhead per partition)
 
-is fitted from *microbenchmarks*: tiny PyTorch modules (one convolution, one
-linear layer, one attention block, ...) that go through the compiler's own front
-end (``torch.fx`` trace + :class:`~splitc.core.passes.profile.ProfilePass`, so FLOPs,
-bytes and op classes are counted exactly as for a real model) and the same
-TorchScript ONNX exporter, then run in ONNX Runtime with the user's thread count:
-a warm-up, then the median of repeated ``session.run`` calls. The fit, in order:
+is fitted from *microbenchmarks*: tiny PyTorch modules (runs of convolutions, one linear layer,
+one attention block, fusion candidates, ...) that go through the compiler's own front end
+(``torch.fx`` trace + :class:`~splitc.core.passes.profile.ProfilePass`, so FLOPs, bytes and op
+classes are counted exactly as for a real model) and the same TorchScript ONNX exporter, then
+run in ONNX Runtime with the user's thread count, timed by the one method of
+:mod:`splitc.targets.timing` (warm-up, 10th percentile). Each benchmark is predicted as a whole
+session run (:func:`~splitc.targets.cost_model.subgraph_time`) and compared with its timing. The
+fit, in order:
 
 1. **Per-run and per-node overhead.** A chain of ``N`` alternating multiply / ReLU
    ops on a small feature map (1x64x14x14: large enough for ONNX Runtime to hand
    each kernel to its thread pool, as in real layers) is timed for several ``N``;
    a least-squares line ``t = run_overhead + N * slope`` gives the fixed cost of
-   one ``session.run`` call (the intercept; the cost model has no per-partition
-   term, so it is subtracted from every other measurement: ``t_net = t -
-   run_overhead``) and, once the bandwidth is known, the fixed cost of one kernel:
+   one ``session.run`` call (the intercept: the target's ``run_overhead``, paid once by
+   every partition) and, once the bandwidth is known, the fixed cost of one kernel:
    ``op_overhead = slope - node_bytes / memory_bandwidth``.
 2. **Memory bandwidth.** ``y = 1.5 * x`` on flat tensors reads and writes every
-   byte once: ``bandwidth = (in_bytes + out_bytes) / t_net``. Sizes of a batch-1
-   activation (0.5-4 MiB per tensor) stay in the last-level cache, a 64 MiB one does
-   not; the model's ``memory_bandwidth`` is the median over activation sizes because
-   those are the tensors the cost model is applied to; the DRAM figure is recorded
+   byte once: ``bandwidth = (in_bytes + out_bytes) / t_net`` (``t_net = t - run_overhead``).
+   Sizes of a batch-1 activation (0.5-4 MiB per tensor) stay in the last-level cache, a
+   64 MiB one does not; the model's ``memory_bandwidth`` is the median over activation sizes
+   because those are the tensors the cost model is applied to; the DRAM figure is recorded
    in the notes.
 3. **Peak FP32 rate.** ``peak = max(flops / t_net)`` over the compute-bound
    benchmarks (convolutions, matmuls, attention and one large GEMM): the best rate
    this runtime reaches here, so every efficiency is in (0, 1].
-4. **Efficiency per op class.** With peak, bandwidth and overhead fixed, the
-   efficiency ``e`` of class ``c`` minimises the squared log error of the cost
-   model over that class's benchmarks (shapes representative of CNN and ViT layers
-   at batch 1)::
-
-       e_c = argmin_e  sum_i  log(predicted_i(e) / t_net_i)^2
-
-   found on a log grid over [1e-3, 1] (the objective is flat wherever memory time
-   dominates, so the largest minimiser is taken: efficiency then has no effect).
-   ``other`` takes the element-wise figure (the cost model costs it so),
-   ``view`` is 1 (free), and ``data_movement`` has no FLOPs (its efficiency has no
-   effect; its benchmarks are kept to show how well bandwidth predicts them).
-5. **Fused classes.** Pairs such as conv + ReLU, conv + residual add + ReLU,
-   linear + GELU, linear + add + LayerNorm are timed as one graph. Each class that
-   ONNX Runtime might fuse (element-wise, norm) is declared fused only if the cost
-   model then predicts those pairs clearly better (summed squared log error at
-   least 20 % and 0.01 per benchmark lower) than without: a measured decision, not a guess.
+4. **Efficiency per op class.** With peak, bandwidth and overheads fixed, the efficiency
+   ``e`` of class ``c`` minimises the time-weighted squared log error of the cost model over
+   that class's benchmarks (log grid over [1e-3, 1], refined; where memory time dominates the
+   objective is flat and the largest minimiser is taken). Convolutions are timed as **runs of
+   three** (conv + BatchNorm each), the way a network holds them, not one by one: ONNX Runtime
+   converts a run's input into its blocked (NCHWc) layout and its output back once, so a
+   single-convolution benchmark pays two conversions a network's consecutive convolutions share.
+   ``other`` takes the element-wise figure, ``view`` is 1 (free), ``data_movement`` has no FLOPs.
+5. **Layout conversions.** The factor ``layout_conversion`` (conversions cost ``factor * bytes /
+   bandwidth``) is chosen on a grid, with the convolution efficiencies refitted for each value,
+   to best predict the runs of three and single convolutions together (role ``layout``); 0 when
+   the backend converts nothing.
+6. **Fused kernels.** Candidate node sequences (:data:`CANDIDATE_PATTERNS`: conv+act,
+   conv+binary(+act), matmul+act, matmul+binary(+norm), binary+act, binary+norm, norm+act) are
+   timed on shapes where the follower would cost a large share as a kernel of its own. Each is
+   declared (``fused_patterns``) only if, with the efficiencies of the classes involved refitted
+   on both sides, it lowers the mean squared log error of the benchmarks it changes by 20 % and
+   by 1e-3: a measured decision, not a guess. Steps 5 and 6 run twice.
 
 Predictions of the microbenchmarks after the fit (and their errors) are kept in
-:class:`ProfileResult` and written to the target's notes.
+:class:`ProfileResult` and written to the target's notes. LitePred (NSDI 2024) adapts a predictor
+to a new device from few measurements; here every figure is refitted per machine from ~50 short
+benchmarks (~1-3 min), and ``splitc profile --model`` (:mod:`splitc.targets.model_profiler`) adds
+one model's own node times for the planner to use as measured figures.
 
 **On a GPU** (``--device cuda``) the same modules, after the same trace and profile
 pass, run as the traced ``torch.fx.GraphModule`` (what the compiler's cut machinery
@@ -88,30 +94,30 @@ from torch import nn
 
 from splitc.errors import SplitcError
 from splitc.core.op_classes import OP_CLASSES
-from splitc.targets.cost_model import node_time
+from splitc.core.progress import progress as progress_bar
+from splitc.targets.cost_model import kernel_roles, subgraph_time
 from splitc.targets.target import KINDS, Target, write_targets_file
+from splitc.targets.timing import TIMING_PERCENTILE, make_session, time_session
 from splitc.units import format_bandwidth, format_bytes, format_flops, format_seconds, parse_bandwidth, parse_duration
-from splitc.core.passes.profile import FLOPS, IN_BYTES, OP_CLASS, OUT_BYTES, PARAM_BYTES
+from splitc.core.passes.profile import FLOPS, IN_BYTES, OUT_BYTES, PARAM_BYTES
 
 __all__ = ["ProfileConfig", "Measurement", "ProfileResult", "profile_machine", "check_output_path",
-           "machine_memory_bytes", "microbenchmarks", "DEVICES", "check_device", "time_torch"]
+           "machine_memory_bytes", "microbenchmarks", "DEVICES", "check_device", "time_torch", "make_session",
+           "time_session", "fit", "CANDIDATE_PATTERNS", "write_profile"]
 
 log = logging.getLogger("splitc")
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
-#: Classes ONNX Runtime may fuse into the preceding kernel on CPU (Conv+Relu, Conv+Add+Relu,
-#: Add+LayerNorm -> SkipLayerNorm); each is tested against the fusion benchmarks.
-_FUSABLE = ("elementwise", "norm")
 #: Classes whose efficiency is fitted from their own benchmarks.
 _FITTED = ("conv", "conv_depthwise", "matmul", "attention", "norm", "pool", "elementwise", "reduction")
 _COMPUTE_ROLES = ("conv", "matmul", "attention", "peak")
-_EFFICIENCY_GRID = np.geomspace(1e-3, 1.0, 241)
-TIMING_PERCENTILE = 10  # of the timed runs (see time_session)
 #: Overhead chains run on a late-CNN-stage feature map (50 KiB): big enough that ONNX Runtime
 #: hands each kernel to its thread pool, as it does in real layers (16 floats would not).
 _CHAIN_SHAPE = (1, 64, 14, 14)
-#: A class is declared fused only if that cuts the fusion benchmarks' squared log error by 20 %.
+#: A pattern is declared fused only if that cuts its benchmarks' squared log error by 20 %.
 _FUSION_GAIN = 0.8
+#: ... and by at least this much of the time-weighted mean squared log error (~3 % rms).
+_FUSION_MIN_GAIN = 1e-3
 #: Where the microbenchmarks run: ``cpu`` = ONNX Runtime's CPU provider, ``cuda`` = eager torch on a GPU.
 DEVICES = ("cpu", "cuda")
 
@@ -232,7 +238,7 @@ class Microbenchmark:
     Attributes:
         name: what it is, e.g. ``"conv 3x3 64->64 @56"``.
         role: the op class whose efficiency it informs, or ``overhead`` / ``bandwidth`` /
-            ``peak`` / ``fusion`` / ``data_movement`` (information only).
+            ``peak`` / ``fusion`` / ``layout`` / ``data_movement`` (information only).
         build: returns the module and its input shapes.
         quick: also run in ``--quick`` mode.
         param: the chain length (``overhead``) or a label used by the fit.
@@ -309,6 +315,27 @@ class _Sdpa(nn.Module):
         return F.scaled_dot_product_attention(q, k, v)
 
 
+class _ConvChain(nn.Module):
+    """Convolutions in a row, each followed by BatchNorm: a run of a real CNN.
+
+    ONNX Runtime converts the input into its blocked layout once and the output back once and
+    folds each BatchNorm into its convolution: what one convolution costs inside a network, which
+    a single-convolution benchmark (two conversions per convolution) over-states. No activations,
+    so the run says nothing about fusion (the ``fusion`` benchmarks do).
+    """
+
+    def __init__(self, channels: list[int], k: int, stride: int = 1, depthwise: bool = False) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        for i, (cin, cout) in enumerate(zip(channels, channels[1:])):
+            layers += [nn.Conv2d(cin, cout, k, stride if i == 0 else 1, k // 2, groups=cin if depthwise else 1,
+                                 bias=False), nn.BatchNorm2d(cout)]
+        self.body = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+
 class _ConvAct(nn.Module):
     """conv -> activation (ReLU, Hardswish): ONNX Runtime may run both in one kernel."""
 
@@ -320,15 +347,37 @@ class _ConvAct(nn.Module):
         return self.act(self.conv(x))
 
 
-class _ConvResidual(nn.Module):
-    """ResNet bottleneck tail: conv1x1 -> + skip -> ReLU."""
+class _ResidualTail(nn.Module):
+    """ResNet block tail inside a network: y = relu(conv1x1(x)); relu(conv1x1(y) + y) (conv + add + relu).
 
-    def __init__(self, cin: int, cout: int) -> None:
+    The skip tensor ``y`` comes from a convolution, as inside a network (a model input in the
+    other operand of the add would not be in the blocked layout, and ONNX Runtime would not fuse).
+    """
+
+    def __init__(self, cin: int, c: int) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(cin, cout, 1, bias=False)
+        self.conv_a = nn.Conv2d(cin, c, 1, bias=False)
+        self.conv_b = nn.Conv2d(c, c, 1, bias=False)
 
-    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
-        return torch.relu(self.conv(x) + skip)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu(self.conv_a(x))
+        return torch.relu(self.conv_b(y) + y)
+
+
+class _AddRelu(nn.Module):
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return torch.relu(a + b)
+
+
+class _NormAct(nn.Module):
+    """BatchNorm not after a convolution (pre-activation blocks) -> ReLU."""
+
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.norm = nn.BatchNorm2d(c)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.norm(x * 1.5))
 
 
 class _LinearGelu(nn.Module):
@@ -338,6 +387,17 @@ class _LinearGelu(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.act(self.fc(x))
+
+
+class _LinearAdd(nn.Module):
+    """Linear -> + residual (the output projection of a transformer block)."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.fc = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.fc(x)
 
 
 class _LinearAddNorm(nn.Module):
@@ -351,8 +411,23 @@ class _LinearAddNorm(nn.Module):
         return self.norm(x + self.fc(x))
 
 
+class _AddNorm(nn.Module):
+    """+ residual -> LayerNorm on two plain tensors."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return self.norm(a + b)
+
+
 def _conv(cin: int, cout: int, k: int, hw: int, stride: int = 1, groups: int = 1) -> Callable:
     return lambda: (nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=False), [(1, cin, hw, hw)])
+
+
+def _chain(channels: list[int], k: int, hw: int, stride: int = 1, depthwise: bool = False) -> Callable:
+    return lambda: (_ConvChain(channels, k, stride, depthwise), [(1, channels[0], hw, hw)])
 
 
 def _linear(tokens: int, cin: int, cout: int) -> Callable:
@@ -365,6 +440,10 @@ def _unary(fn: Callable, shape: tuple[int, ...]) -> Callable:
 
 def microbenchmarks(quick: bool = False, device: str = "cpu") -> list[Microbenchmark]:
     """The benchmark set: shapes of ResNet / MobileNet / ViT layers at batch 1.
+
+    Convolutions are timed in runs of three (conv + BatchNorm each), the way a network holds
+    them; single convolutions (role ``layout``) show what a run's two layout conversions cost;
+    pairs and triples (role ``fusion``) show which node sequences the backend fuses.
 
     Args:
         quick: only the reduced set (a few shapes per class).
@@ -388,21 +467,26 @@ def microbenchmarks(quick: bool = False, device: str = "cpu") -> list[Microbench
     big = (2048 if quick else 4096) if device == "cuda" else (512 if quick else 1024)
     benches += [mb(f"gemm {big}^3", "peak", lambda: (nn.Linear(big, big, bias=False), [(big, big)]), True)]
     benches += [
-        mb("conv 7x7/2 3->64 @224", "conv", _conv(3, 64, 7, 224, 2)),
-        mb("conv 3x3 64->64 @56", "conv", _conv(64, 64, 3, 56), True),
-        mb("conv 3x3 128->128 @28", "conv", _conv(128, 128, 3, 28)),
-        mb("conv 3x3 256->256 @14", "conv", _conv(256, 256, 3, 14), True),
-        mb("conv 3x3 512->512 @7", "conv", _conv(512, 512, 3, 7)),
-        mb("conv 1x1 64->256 @56", "conv", _conv(64, 256, 1, 56)),
-        mb("conv 1x1 512->128 @28", "conv", _conv(512, 128, 1, 28), True),
-        mb("conv 1x1 1024->256 @14", "conv", _conv(1024, 256, 1, 14)),
-        mb("conv 1x1 16->64 @112", "conv", _conv(16, 64, 1, 112)),
-        mb("conv 1x1 40->240 @28", "conv", _conv(40, 240, 1, 28)),
-        mb("conv dw3x3 72 @56", "conv_depthwise", _conv(72, 72, 3, 56, groups=72), True),
-        mb("conv dw5x5 120 @28", "conv_depthwise", _conv(120, 120, 5, 28, groups=120)),
-        mb("conv dw3x3 480 @14", "conv_depthwise", _conv(480, 480, 3, 14, groups=480)),
-        mb("conv 16x16/16 3->768 @224 (patchify)", "conv",
-           lambda: (nn.Conv2d(3, 768, 16, 16), [(1, 3, 224, 224)])),
+        mb("conv 7x7/2 3->64 @224 + bn", "conv", _chain([3, 64], 7, 224, 2)),
+        mb("3 x conv 3x3 64 @56 + bn", "conv", _chain([64] * 4, 3, 56), True),
+        mb("3 x conv 3x3 128 @28 + bn", "conv", _chain([128] * 4, 3, 28)),
+        mb("3 x conv 3x3 256 @14 + bn", "conv", _chain([256] * 4, 3, 14), True),
+        mb("3 x conv 3x3 512 @7 + bn", "conv", _chain([512] * 4, 3, 7)),
+        mb("3 x conv 1x1 64<->256 @56 + bn", "conv", _chain([64, 256, 64, 256], 1, 56)),
+        mb("3 x conv 1x1 512<->128 @28 + bn", "conv", _chain([512, 128, 512, 128], 1, 28), True),
+        mb("3 x conv 1x1 1024<->256 @14 + bn", "conv", _chain([1024, 256, 1024, 256], 1, 14)),
+        mb("3 x conv 1x1 16<->64 @112 + bn", "conv", _chain([16, 64, 16, 64], 1, 112)),
+        mb("3 x conv 1x1 40<->240 @28 + bn", "conv", _chain([40, 240, 40, 240], 1, 28)),
+        mb("conv 16x16/16 3->768 @224 (patchify)", "conv", lambda: (nn.Conv2d(3, 768, 16, 16), [(1, 3, 224, 224)])),
+        mb("3 x conv dw3x3 72 @56 + bn", "conv_depthwise", _chain([72] * 4, 3, 56, depthwise=True), True),
+        mb("3 x conv dw5x5 120 @28 + bn", "conv_depthwise", _chain([120] * 4, 5, 28, depthwise=True)),
+        mb("3 x conv dw3x3 480 @14 + bn", "conv_depthwise", _chain([480] * 4, 3, 14, depthwise=True)),
+        mb("2 x conv dw7x7 96 @56 + bn", "conv_depthwise", _chain([96] * 3, 7, 56, depthwise=True)),
+        # single convolutions: a layout conversion in and one out around each (what the runs above share)
+        mb("conv 1x1 16->64 @112", "layout", _conv(16, 64, 1, 112), True),
+        mb("conv 3x3 64->64 @56", "layout", _conv(64, 64, 3, 56)),
+        mb("conv 1x1 512->128 @28", "layout", _conv(512, 128, 1, 28), True),
+        mb("conv dw3x3 72 @56", "layout", _conv(72, 72, 3, 56, groups=72), True),
         mb("linear 197x768->3072", "matmul", _linear(197, 768, 3072), True),
         mb("linear 197x3072->768", "matmul", _linear(197, 3072, 768)),
         mb("linear 197x768->768", "matmul", _linear(197, 768, 768)),
@@ -425,15 +509,22 @@ def microbenchmarks(quick: bool = False, device: str = "cpu") -> list[Microbench
         mb("cat 2x128 @28", "data_movement", lambda: (_Fn2(lambda a, b: torch.cat([a, b], 1)), [(1, 128, 28, 28)] * 2)),
         mb("transpose 768x197", "data_movement",
            _unary(lambda x: x.transpose(1, 2).contiguous(), (1, 768, 197)), True),
-        mb("conv 3x3 64 @56 + relu", "fusion", lambda: (_ConvAct(64, 64, 3, nn.ReLU()), [(1, 64, 56, 56)]), True),
-        mb("conv 1x1 64->256 @56 + add + relu", "fusion",
-           lambda: (_ConvResidual(64, 256), [(1, 64, 56, 56), (1, 256, 56, 56)]), True),
+        # fusion candidates: shapes where the follower costs a large share when it is a kernel of its own
+        mb("conv 1x1 16->64 @112 + relu", "fusion", lambda: (_ConvAct(16, 64, 1, nn.ReLU()), [(1, 16, 112, 112)]),
+           True),
         mb("conv 1x1 40->240 @28 + hardswish", "fusion",
            lambda: (_ConvAct(40, 240, 1, nn.Hardswish()), [(1, 40, 28, 28)])),
-        mb("linear 197x768->3072 + gelu", "fusion", lambda: (_LinearGelu(768, 3072), [(1, 197, 768)])),
-        mb("linear 197x768 + add + layernorm", "fusion", lambda: (_LinearAddNorm(768), [(1, 197, 768)]), True),
+        mb("residual tail 64 @112: conv + add + relu", "fusion", lambda: (_ResidualTail(16, 64), [(1, 16, 112, 112)]),
+           True),
+        mb("add + relu 256 @28", "fusion", lambda: (_AddRelu(), [(1, 256, 28, 28)] * 2)),
+        mb("batchnorm + relu 256 @28", "fusion", lambda: (_NormAct(256), [(1, 256, 28, 28)])),
+        mb("linear 197x96->1536 + gelu", "fusion", lambda: (_LinearGelu(96, 1536), [(1, 197, 96)])),
+        mb("linear 197x192 + add", "fusion", lambda: (_LinearAdd(192), [(1, 197, 192)])),
+        mb("linear 197x192 + add + layernorm", "fusion", lambda: (_LinearAddNorm(192), [(1, 197, 192)]), True),
+        mb("add + layernorm 197x768", "fusion", lambda: (_AddNorm(768), [(1, 197, 768)] * 2), True),
     ]
     return [b for b in benches if b.quick or not quick]
+
 
 
 # --------------------------------------------------------------------------- measuring
@@ -445,12 +536,12 @@ class Measurement:
 
     Attributes:
         name, role: from the :class:`Microbenchmark`.
-        seconds: median wall time of one ``session.run``.
-        runs: timed runs behind the median.
-        spread: (max - min) / median of those runs (a noise indicator).
+        seconds: typical wall time of one ``session.run`` (:func:`splitc.targets.timing.time_session`).
+        runs: timed runs behind it.
+        spread: (p90 - p10) / p10 of those runs (a noise indicator).
         flops, bytes_moved: summed over the benchmark's nodes, as the profile pass counts them.
         nodes: compute nodes of the traced graph; ``onnx_nodes``: nodes of the exported ONNX graph.
-        predicted: cost-model seconds after the fit (``run_overhead`` excluded).
+        predicted: cost-model seconds of one run after the fit (run overhead included).
         param: chain length for ``overhead`` benchmarks.
         graph_nodes: the profiled fx nodes (not serialised), re-costed during the fit.
     """
@@ -467,6 +558,10 @@ class Measurement:
     param: int = 0
     predicted: float | None = None
     graph_nodes: list[torch.fx.Node] = field(default_factory=list, repr=False)
+
+    def module(self) -> torch.fx.GraphModule:
+        """The profiled graph the nodes belong to."""
+        return self.graph_nodes[0].graph.owning_module
 
     def to_dict(self) -> dict[str, Any]:
         out = {k: v for k, v in dataclasses.asdict(self).items() if k != "graph_nodes"}
@@ -501,63 +596,17 @@ def _onnx_bytes(gm: torch.fx.GraphModule, inputs: list[torch.Tensor]) -> bytes:
     return buffer.getvalue()
 
 
-def make_session(model: bytes | str | Path, threads: int):
-    """An ONNX Runtime CPU session as splitc's runner makes it (default graph optimisations).
-
-    Args:
-        model: ONNX model bytes or a path.
-        threads: intra-op threads (0 = ONNX Runtime's default).
-    """
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.log_severity_level = 3
-    source = model if isinstance(model, bytes) else str(model)
-    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
-
-
-def time_session(session, feeds: dict[str, np.ndarray], *, min_runs: int, min_seconds: float,
-                 max_runs: int = 500) -> tuple[float, int, float]:
-    """Typical seconds of ``session.run(feeds)`` after a warm-up: the 10th percentile of the runs.
-
-    Warm-up: 2 runs and at least ``min_seconds / 5`` (first-run allocations, caches,
-    thread-pool start). Then at least ``min_runs`` runs and ``min_seconds``, at most
-    ``max_runs``. On a shared machine interference only ever adds time, so a low
-    percentile measures what the kernels cost; the median moved by up to 50 % between
-    runs on this 2-core VM, the 10th percentile far less. (Not the minimum: one lucky
-    run would decide it.)
-
-    Returns:
-        (10th-percentile seconds, runs, (max - min) / that figure).
-    """
-    start = time.perf_counter()
-    runs = 0
-    while runs < 2 or time.perf_counter() - start < min_seconds / 5:
-        session.run(None, feeds)
-        runs += 1
-    times: list[float] = []
-    start = time.perf_counter()
-    while len(times) < max_runs and (len(times) < min_runs or time.perf_counter() - start < min_seconds):
-        t0 = time.perf_counter()
-        session.run(None, feeds)
-        times.append(time.perf_counter() - t0)
-    arr = np.array(times)
-    typical = float(np.percentile(arr, TIMING_PERCENTILE))
-    return typical, len(times), float((arr.max() - arr.min()) / typical)
-
-
 def time_torch(module: Callable[..., Any], inputs: list[torch.Tensor], *, min_runs: int, min_seconds: float,
                max_runs: int = 2000) -> tuple[float, int, float]:
     """Median seconds of ``module(*inputs)`` on CUDA, synchronised, after a warm-up.
 
     (Tensors on the CPU are timed the same way without the synchronisation: that is how
-    the tests exercise this path on a machine without a GPU.) Each timed run is ``perf_counter`` around the call and a ``torch.cuda.synchronize()``:
-    what a caller waits for. Eager PyTorch at batch 1 is mostly bound by the host
-    dispatching and launching kernels, so GPU-side CUDA events would miss part of it.
-    Warm-up: 3 runs and at least ``min_seconds / 5`` (cuDNN/cuBLAS handles and algorithm
-    choice, the caching allocator, lazy module loading). Then at least ``min_runs`` runs
-    and ``min_seconds``, at most ``max_runs``; the median resists host-side hiccups.
+    the tests exercise this path on a machine without a GPU.) Each timed run is ``perf_counter``
+    around the call and a ``torch.cuda.synchronize()``: what a caller waits for. Eager PyTorch at
+    batch 1 is mostly bound by the host dispatching and launching kernels, so GPU-side CUDA events
+    would miss part of it. Warm-up: 3 runs and at least ``min_seconds / 5`` (cuDNN/cuBLAS handles
+    and algorithm choice, the caching allocator, lazy module loading). Then at least ``min_runs``
+    runs and ``min_seconds``, at most ``max_runs``; the median resists host-side hiccups.
 
     Returns:
         (median seconds, runs, (max - min) / median).
@@ -608,8 +657,6 @@ def _measure_torch(bench: Microbenchmark, quick: bool, device: str = "cuda") -> 
 def _measure(bench: Microbenchmark, threads: int, quick: bool) -> Measurement:
     import onnx
 
-    from splitc.core.graph import COMPUTE_OPS
-
     torch.manual_seed(0)
     module, shapes = bench.build()
     gm, inputs = _traced(module, shapes)
@@ -618,16 +665,25 @@ def _measure(bench: Microbenchmark, threads: int, quick: bool) -> Measurement:
     feeds = {f"x{i}": x.numpy() for i, x in enumerate(inputs)}
     seconds, runs, spread = time_session(session, feeds, min_runs=3 if quick else 7,
                                          min_seconds=0.04 if quick else 0.25)
-    nodes = [n for n in gm.graph.nodes if n.op in COMPUTE_OPS]
-    moved = sum(n.meta.get(IN_BYTES, 0) + n.meta.get(OUT_BYTES, 0)
-                + n.meta.get(PARAM_BYTES, 0) for n in nodes)
-    return Measurement(bench.name, bench.role, seconds, runs, spread,
-                       flops=int(sum(n.meta.get(FLOPS, 0) for n in nodes)), bytes_moved=int(moved),
+    nodes, flops, moved = _graph_figures(gm)
+    return Measurement(bench.name, bench.role, seconds, runs, spread, flops=flops, bytes_moved=moved,
                        nodes=len(nodes), onnx_nodes=len(onnx.load_from_string(model).graph.node),
                        param=bench.param, graph_nodes=nodes)
 
 
+
 # --------------------------------------------------------------------------- fitting
+
+#: Fusion patterns tested, in order (a triple only after its leading pair was declared).
+CANDIDATE_PATTERNS: tuple[tuple[str, ...], ...] = (
+    ("conv", "act"), ("conv", "binary"), ("conv", "binary", "act"), ("matmul", "act"), ("matmul", "binary"),
+    ("binary", "act"), ("binary", "norm"), ("matmul", "binary", "norm"), ("norm", "act"),
+)
+#: Layout-conversion factors tried (reads + writes of the tensor at memory bandwidth per conversion).
+_LAYOUT_GRID = np.round(np.arange(0.0, 4.01, 0.25), 2)
+#: Roles whose benchmarks judge the kernel structure (fusion patterns, layout conversions).
+_STRUCTURE_ROLES = ("conv", "conv_depthwise", "layout", "fusion", "matmul", "norm", "elementwise")
+_FIT_ROUNDS = 2
 
 
 @dataclass
@@ -635,14 +691,18 @@ class Fit:
     """The fitted figures and the evidence behind each.
 
     Attributes:
-        run_overhead_s: intercept of the overhead line (one ``session.run``), subtracted from timings.
+        run_overhead_s: intercept of the overhead line (one ``session.run``): the target's ``run_overhead``.
         op_overhead_s: slope of the overhead line (one kernel).
         memory_bandwidth: bytes/s at activation sizes (what the model uses).
         dram_bandwidth: bytes/s of the large copy (information).
         peak_fp32: best FLOP/s reached.
         peak_from: the benchmark that reached it.
         efficiency: per op class.
-        fused: classes declared fused, with the error with and without for each tested class.
+        fused: classes declared fused as a whole (older targets; the fit now declares patterns).
+        fusion_evidence: per candidate pattern, the error with and without it and the decision.
+        patterns: the fused patterns declared.
+        layout_conversion: the fitted conversion factor.
+        layout_evidence: error per factor tried.
     """
 
     run_overhead_s: float
@@ -654,10 +714,14 @@ class Fit:
     efficiency: dict[str, float]
     fused: frozenset[str]
     fusion_evidence: dict[str, dict[str, float]]
+    patterns: tuple[tuple[str, ...], ...] = ()
+    layout_conversion: float = 0.0
+    layout_evidence: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
         out["fused"] = sorted(self.fused)
+        out["patterns"] = ["+".join(p) for p in self.patterns]
         return out
 
 
@@ -667,15 +731,15 @@ def _net(m: Measurement, run_overhead: float) -> float:
 
 
 def _predict(m: Measurement, target: Target) -> float:
-    return float(sum(node_time(n, target) for n in m.graph_nodes))
+    """The cost model's seconds for one run of the benchmark's graph (run overhead included)."""
+    return subgraph_time(m.module(), target)
 
 
-def _log_error(ms: list[Measurement], target: Target, run_overhead: float, weighted: bool = False) -> float:
-    """Sum of squared log errors; ``weighted``: each term times the benchmark's share of the measured time."""
-    net = [_net(m, run_overhead) for m in ms]
-    total = sum(net)
-    return float(sum((t / total if weighted else 1.0) * math.log(max(_predict(m, target), 1e-12) / t) ** 2
-                     for m, t in zip(ms, net)))
+def _log_error(ms: list[Measurement], target: Target, weighted: bool = False) -> float:
+    """Sum of squared log errors of whole runs; ``weighted``: each term times the benchmark's share of the time."""
+    total = sum(m.seconds for m in ms)
+    return float(sum((m.seconds / total if weighted else 1.0)
+                     * math.log(max(_predict(m, target), 1e-12) / m.seconds) ** 2 for m in ms))
 
 
 def _fit_overhead(ms: list[Measurement]) -> tuple[float, float]:
@@ -702,20 +766,99 @@ def _fit_bandwidth_slope(ms: list[Measurement], run_overhead: float) -> float | 
     return float(1.0 / slope) if slope > 0 else None
 
 
-def _fit_efficiency(ms: list[Measurement], target: Target, op_class: str, run_overhead: float) -> float:
-    """Largest efficiency on the grid that minimises the time-weighted squared log error of the class's benchmarks.
+def _best_on(grid: np.ndarray, error: Callable[[float], float]) -> tuple[float, int]:
+    """Largest grid value within a hair of the minimum error (flat objectives: efficiency then has no effect)."""
+    errors = np.array([error(float(e)) for e in grid])
+    best = errors.min()
+    i = int(np.nonzero(errors <= best + 1e-9 * max(best, 1.0))[0][-1])
+    return float(grid[i]), i
+
+
+def _fit_efficiency(ms: list[Measurement], target: Target, op_class: str) -> float:
+    """Largest efficiency that minimises the time-weighted squared log error of the class's benchmarks.
 
     Weighted by each benchmark's measured time: a partition's latency is a sum of node times, so
     the kernels that take long must be predicted well; an unweighted fit let small, slow-per-FLOP
     shapes (1x1 convs on few channels, tiny linears) drag the class's efficiency down and
-    over-predicted the big kernels by ~25 % (resnet50, vit_b_16 partitions).
+    over-predicted the big kernels by ~25 % (resnet50, vit_b_16 partitions). Searched on a log
+    grid over [1e-3, 1] (49 points), then refined between the best point's neighbours (25 points).
     """
-    errors = np.array([
-        _log_error(ms, dataclasses.replace(target, efficiency={**target.efficiency, op_class: float(e)}), run_overhead,
-                   weighted=True)
-        for e in _EFFICIENCY_GRID])
-    best = errors.min()
-    return float(_EFFICIENCY_GRID[np.nonzero(errors <= best + 1e-9 * max(best, 1.0))[0][-1]])
+    def error(e: float) -> float:
+        return _log_error(ms, dataclasses.replace(target, efficiency={**target.efficiency, op_class: e}), weighted=True)
+
+    coarse = np.geomspace(1e-3, 1.0, 49)
+    _, i = _best_on(coarse, error)
+    fine = np.geomspace(coarse[max(i - 1, 0)], coarse[min(i + 1, len(coarse) - 1)], 25)
+    return _best_on(fine, error)[0]
+
+
+def _fit_efficiencies(by_role: dict[str, list[Measurement]], target: Target,
+                      classes: tuple[str, ...] = _FITTED) -> Target:
+    """Refit the efficiencies of ``classes`` (in :data:`_FITTED` order), each on its own benchmarks."""
+    efficiency = dict(target.efficiency)
+    for op_class in _FITTED:
+        if op_class in classes and by_role.get(op_class):
+            efficiency[op_class] = _fit_efficiency(by_role[op_class], target, op_class)
+            target = dataclasses.replace(target, efficiency=dict(efficiency))
+    efficiency["other"] = efficiency["elementwise"]  # the cost model treats unknown ops as element-wise
+    efficiency["data_movement"] = 1.0  # no FLOPs: only bandwidth and overhead matter (see docstring)
+    return dataclasses.replace(target, efficiency=efficiency)
+
+
+#: Op classes whose efficiency a fused role's benchmarks inform.
+_ROLE_CLASSES = {"conv": ("conv", "conv_depthwise"), "act": ("elementwise",), "binary": ("elementwise",)}
+
+
+def _pattern_classes(pattern: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(c for role in pattern for c in _ROLE_CLASSES.get(role, (role,)) if c in _FITTED))
+
+
+def _fit_patterns(by_role: dict[str, list[Measurement]], structure: list[Measurement],
+                  target: Target) -> tuple[Target, dict[str, dict[str, float]]]:
+    """Declare each candidate pattern only where it explains the timings clearly better (greedy, in order).
+
+    Each side of the comparison refits the efficiencies of the classes the pattern involves (a
+    class fitted with its fused neighbours unfused absorbs their cost), then the mean squared log
+    error over the benchmarks the pattern changes is compared.
+    """
+    declared = list(target.fused_patterns)
+    evidence: dict[str, dict[str, float]] = {}
+    for pattern in CANDIDATE_PATTERNS:
+        if pattern in declared or (len(pattern) > 2 and pattern[:-1] not in declared):
+            continue
+        without = dataclasses.replace(target, fused_patterns=tuple(declared))
+        with_ = dataclasses.replace(target, fused_patterns=tuple(declared) + (pattern,))
+        relevant = [m for m in structure if kernel_roles(m.graph_nodes, with_) != kernel_roles(m.graph_nodes, without)]
+        if not relevant:
+            continue
+        classes = _pattern_classes(pattern)
+        without, with_ = _fit_efficiencies(by_role, without, classes), _fit_efficiencies(by_role, with_, classes)
+        err_without = _log_error(relevant, without) / len(relevant)
+        err_with = _log_error(relevant, with_) / len(relevant)
+        # a clear gain only (relative, and absolute: ~3 % rms log error per benchmark); ties are noise, and
+        # unfused is the safe side (it never hides a kernel's fixed cost)
+        fused = err_with < _FUSION_GAIN * err_without and err_without - err_with > _FUSION_MIN_GAIN
+        evidence["+".join(pattern)] = {"mean_squared_log_error_unfused": err_without,
+                                       "mean_squared_log_error_fused": err_with,
+                                       "benchmarks": len(relevant), "fused": float(fused)}
+        if fused:
+            declared.append(pattern)
+            target = with_
+        else:
+            target = without
+    return dataclasses.replace(target, fused_patterns=tuple(declared)), evidence
+
+
+def _fit_layout(by_role: dict[str, list[Measurement]], ms: list[Measurement],
+                target: Target) -> tuple[Target, dict[str, float]]:
+    """The conversion factor (convolution efficiencies refitted for each) that best predicts the
+    convolution runs and single convolutions; the smallest on ties (0 = no conversions)."""
+    fits = {float(f): _fit_efficiencies(by_role, dataclasses.replace(target, layout_conversion=float(f)),
+                                        ("conv", "conv_depthwise")) for f in _LAYOUT_GRID}
+    errors = {f: _log_error(ms, t, weighted=True) for f, t in fits.items()}
+    best = min(errors.values())
+    factor = min(f for f, e in errors.items() if e <= best * (1 + 1e-6) + 1e-12)
+    return fits[factor], {f"{f:g}": e for f, e in errors.items()}
 
 
 def fit(measurements: list[Measurement], base: Target) -> tuple[Fit, Target]:
@@ -741,41 +884,25 @@ def fit(measurements: list[Measurement], base: Target) -> tuple[Fit, Target]:
     rates = [(m.flops / _net(m, run_overhead), m.name) for r in _COMPUTE_ROLES for m in by_role.get(r, []) if m.flops]
     peak, peak_from = max(rates)
     target = dataclasses.replace(base, peak_flops={"fp32": peak}, memory_bandwidth=bandwidth,
-                                 op_overhead_s=op_overhead, fused_op_classes=frozenset(),
-                                 efficiency={c: 1.0 for c in OP_CLASSES})
-    efficiency = dict(target.efficiency)
-    for op_class in _FITTED:
-        if by_role.get(op_class):
-            efficiency[op_class] = _fit_efficiency(by_role[op_class], target, op_class, run_overhead)
-            target = dataclasses.replace(target, efficiency=dict(efficiency))
-    efficiency["other"] = efficiency["elementwise"]  # the cost model treats unknown ops as element-wise
-    efficiency["data_movement"] = 1.0  # no FLOPs: only bandwidth and overhead matter (see docstring)
-    target = dataclasses.replace(target, efficiency=dict(efficiency))
-    fused, evidence = _fit_fusion(by_role.get("fusion", []), target, run_overhead)
-    target = dataclasses.replace(target, fused_op_classes=fused)
+                                 op_overhead_s=op_overhead, run_overhead_s=run_overhead, fused_op_classes=frozenset(),
+                                 fused_patterns=(), layout_conversion=0.0, efficiency={c: 1.0 for c in OP_CLASSES})
+    structure = [m for r in _STRUCTURE_ROLES for m in by_role.get(r, [])]
+    layout_ms = [m for r in ("conv", "conv_depthwise", "layout") for m in by_role.get(r, [])]
+    evidence: dict = {}
+    layout_evidence: dict = {}
+    target = _fit_efficiencies(by_role, target)
+    for _ in range(_FIT_ROUNDS):  # layout conversions (convolutions alone), fusions given them, again given both
+        if layout_ms:
+            target, layout_evidence = _fit_layout(by_role, layout_ms, target)
+        target, round_evidence = _fit_patterns(by_role, structure, target)
+        evidence.update(round_evidence)
+    target = _fit_efficiencies(by_role, target)
     for m in measurements:
         m.predicted = _predict(m, target)
-    return Fit(run_overhead, op_overhead, bandwidth, dram, peak, peak_from, efficiency, fused, evidence), target
+    fitted = Fit(run_overhead, op_overhead, bandwidth, dram, peak, peak_from, dict(target.efficiency), frozenset(),
+                 evidence, target.fused_patterns, target.layout_conversion, layout_evidence)
+    return fitted, target
 
-
-def _fit_fusion(ms: list[Measurement], target: Target, run_overhead: float) -> tuple[frozenset[str], dict]:
-    """Declare a class fused only when that predicts the fusion pairs better than not (greedy, in order)."""
-    fused: set[str] = set()
-    evidence: dict[str, dict[str, float]] = {}
-    for op_class in _FUSABLE:
-        relevant = [m for m in ms if any(n.meta.get(OP_CLASS) == op_class for n in m.graph_nodes)]
-        if not relevant:
-            continue
-        without = _log_error(relevant, dataclasses.replace(target, fused_op_classes=frozenset(fused)), run_overhead)
-        with_ = _log_error(relevant, dataclasses.replace(target, fused_op_classes=frozenset(fused | {op_class})),
-                           run_overhead)
-        evidence[op_class] = {"squared_log_error_unfused": without, "squared_log_error_fused": with_,
-                              "benchmarks": len(relevant)}
-        # a clear gain only (relative and absolute: ~10 % log error per benchmark); ties are grid
-        # steps or noise, and unfused is the safe side (it never hides a kernel's fixed cost)
-        if with_ < _FUSION_GAIN * without and without - with_ > 0.01 * len(relevant):
-            fused.add(op_class)
-    return frozenset(fused), evidence
 
 
 # --------------------------------------------------------------------------- the machine
@@ -871,8 +998,8 @@ class ProfileResult:
                 "measurements": [m.to_dict() for m in self.measurements], "seconds": self.seconds}
 
     def errors(self) -> dict[str, float]:
-        """|predicted / measured - 1| per fitted-class benchmark (after the run overhead)."""
-        return {m.name: abs(m.predicted / _net(m, self.fit.run_overhead_s) - 1.0) for m in self.measurements
+        """|predicted / measured - 1| of one run, per benchmark that informs a class, fusion or layout."""
+        return {m.name: abs(m.predicted / m.seconds - 1.0) for m in self.measurements
                 if m.predicted is not None and m.role not in ("overhead", "bandwidth", "dram", "peak")}
 
 
@@ -898,11 +1025,11 @@ def profile_machine(config: ProfileConfig, progress: Callable[[str], None] | Non
     torch_threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tracing/export only; keep torch's pool from competing with ORT's
     try:
-        for i, bench in enumerate(benches, 1):
+        for bench in progress_bar(benches, "[profile] microbenchmarks", unit="benchmark", every=10):
             m = _measure_torch(bench, config.quick) if cuda else _measure(bench, config.threads, config.quick)
             measurements.append(m)
-            say(f"[profile] {i}/{len(benches)} {bench.name}: {format_seconds(m.seconds)} "
-                f"(median of {m.runs})")
+            log.debug("[profile] %s: %s (%s of %d runs)", bench.name, format_seconds(m.seconds),
+                      "median" if cuda else f"p{TIMING_PERCENTILE}", m.runs)
     finally:
         torch.set_num_threads(torch_threads)
     fitted, target = fit(measurements, base)
@@ -912,7 +1039,9 @@ def profile_machine(config: ProfileConfig, progress: Callable[[str], None] | Non
     result.target = target
     say(f"[profile] peak {format_flops(fitted.peak_fp32)} ({fitted.peak_from}), memory "
         f"{format_bandwidth(fitted.memory_bandwidth * 8, as_bytes=True)}, op overhead "
-        f"{format_seconds(fitted.op_overhead_s)}, fused: {', '.join(sorted(fitted.fused)) or 'none'} ({seconds:.1f}s)")
+        f"{format_seconds(fitted.op_overhead_s)}, run overhead {format_seconds(fitted.run_overhead_s)}, "
+        f"fused: {', '.join('+'.join(p) for p in fitted.patterns) or 'none'}, layout conversion "
+        f"{fitted.layout_conversion:g} ({seconds:.1f}s)")
     return result
 
 
@@ -930,8 +1059,9 @@ def _notes(result: ProfileResult, config: ProfileConfig) -> str:
         f"Measured by: {config.command or 'splitc profile --name ' + config.name} "
         f"({'quick' if config.quick else 'full'} profile, {len(result.measurements)} microbenchmarks in "
         f"{result.seconds:.0f} s; {runtime}).",
-        f"Per {call} overhead {format_seconds(f.run_overhead_s)} (not in the cost model); per-kernel "
-        f"op_overhead {format_seconds(f.op_overhead_s)} (slope over chains of small ops less their memory time).",
+        f"Per {call} overhead (run_overhead, paid once per partition) {format_seconds(f.run_overhead_s)}; "
+        f"per-kernel op_overhead {format_seconds(f.op_overhead_s)} (intercept and slope of a line through chains "
+        f"of small ops, less their memory time).",
         f"Memory bandwidth {format_bandwidth(f.memory_bandwidth * 8, as_bytes=True)}: median of y = 1.5x over "
         f"activation-sized tensors ({'L2-resident' if cuda else 'cache-resident'} at batch 1); a large copy "
         f"reaches {format_bandwidth(f.dram_bandwidth * 8, as_bytes=True)} ({'HBM' if cuda else 'DRAM'}); "
@@ -939,8 +1069,10 @@ def _notes(result: ProfileResult, config: ProfileConfig) -> str:
         f"Peak fp32 {format_flops(f.peak_fp32)}: best achieved, by '{f.peak_from}'"
         + ("; fp16/bf16/int8 not measured (precisions: fp32 only)." if cuda else "."),
         f"Efficiency (fitted per class; other = elementwise; data_movement has no FLOPs): {eff}.",
-        "Fused classes (declared only where the fusion benchmarks are predicted better): "
-        + (", ".join(sorted(f.fused)) or "none") + ".",
+        "Fused patterns (each declared only where it predicts the benchmarks it changes clearly better): "
+        + (", ".join("+".join(p) for p in f.patterns) or "none") + f"; tested: {', '.join(f.fusion_evidence) or 'none'}.",
+        f"Layout conversion {f.layout_conversion:g} (reads + writes of a tensor at memory bandwidth per conversion "
+        f"into or out of the blocked layout, fitted on runs of three convolutions and single ones).",
         f"Microbenchmark prediction error after the fit: median {np.median(list(errors.values())) * 100:.0f}%, "
         f"worst {errors[worst] * 100:.0f}% ({worst})." if errors else "",
         "Not measured (assumptions): price model "

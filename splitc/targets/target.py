@@ -52,7 +52,10 @@ __all__ = [
     "PRECISIONS",
     "PRICE_MODELS",
     "TARGET_KEYS",
+    "FUSION_ROLES",
     "Link",
+    "MeasuredNode",
+    "ModelProfile",
     "Target",
     "TargetRegistry",
     "load_catalog",
@@ -79,8 +82,14 @@ TARGET_KEYS: tuple[str, ...] = (
     "name", "aliases", "kind", "backend", "description", "precisions", "peak_flops",
     "memory_bandwidth", "memory", "usable_memory_fraction", "efficiency", "op_overhead",
     "fused_op_classes", "price", "uplink", "sources", "notes",
+    "run_overhead", "fused_patterns", "layout_conversion", "model_profile",
 )
-_OPTIONAL_KEYS = frozenset({"notes", "uplink"})
+_OPTIONAL_KEYS = frozenset({"notes", "uplink", "run_overhead", "fused_patterns", "layout_conversion", "model_profile"})
+#: What a node is to the backend's kernel fusion (see :func:`splitc.targets.cost_model.fusion_role`):
+#: ``act`` = element-wise with one tensor input (ReLU, GELU, Hardswish, scale), ``binary`` = element-wise
+#: with two or more (residual add, SE multiply); the others are the op classes of the same name.
+FUSION_ROLES: tuple[str, ...] = ("conv", "matmul", "attention", "norm", "pool", "act", "binary", "reduction",
+                                 "data_movement", "other")
 _UPLINK_OPTIONAL_KINDS = frozenset({"cloud-vm", "faas"})
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 _TARGETS_FILE_HINT = "see splitc/targets/catalog/*.yaml for complete examples"
@@ -97,6 +106,48 @@ class Link:
 
     bandwidth_bps: float
     rtt_s: float
+
+
+@dataclasses.dataclass(frozen=True)
+class MeasuredNode:
+    """One node of one model timed on this target (``splitc profile --model``).
+
+    Attributes:
+        seconds: its share of the measured model time (its kernels, fused kernels split by the cost
+            model's proportions, layout conversions included).
+        op: the node's op name when measured (``splitc.op_name``): a node only takes this figure
+            when its name, op and output bytes all match.
+        out_bytes: its output bytes when measured.
+    """
+
+    seconds: float
+    op: str
+    out_bytes: int
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelProfile:
+    """Per-node times of one model measured on a target (``model_profile`` in the YAML).
+
+    Attributes:
+        model: the model as given to ``splitc profile --model``.
+        input_shapes: the shapes it was measured with.
+        command: the command that measured it.
+        measured_s: the whole model's measured time (what the node times were scaled to).
+        nodes: node name -> :class:`MeasuredNode`.
+    """
+
+    model: str
+    input_shapes: tuple[tuple[int, ...], ...]
+    command: str
+    measured_s: float
+    nodes: dict[str, MeasuredNode] = dataclasses.field(hash=False, compare=False)
+
+    def to_spec(self) -> dict[str, Any]:
+        """The YAML mapping (``nodes``: name -> [seconds, op, out_bytes])."""
+        return {"model": self.model, "input_shapes": [list(s) for s in self.input_shapes], "command": self.command,
+                "measured_s": self.measured_s,
+                "nodes": {k: [float(v.seconds), v.op, int(v.out_bytes)] for k, v in self.nodes.items()}}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,6 +174,15 @@ class Target:
         sources: URLs the figures come from.
         notes: how estimated or derived figures were obtained.
         origin: ``"built-in"`` or the path of the user file it came from.
+        run_overhead_s: fixed cost of one partition run (one ``session.run``), paid once by every
+            tier that runs something (0 where not measured).
+        fused_patterns: kernel fusions of the backend as role sequences, head first, e.g.
+            ``("conv", "binary", "act")`` (see :data:`FUSION_ROLES`): a node continuing such a
+            sequence from its single-use producer runs inside that producer's kernel.
+        layout_conversion: cost of one layout conversion (ONNX Runtime's NCHWc reorders at the
+            edges of a run of convolutions), in reads + writes of the tensor at memory bandwidth;
+            0 = none.
+        model_profile: measured per-node times of one model (``splitc profile --model``), or None.
     """
 
     name: str
@@ -143,6 +203,10 @@ class Target:
     sources: tuple[str, ...]
     notes: str = ""
     origin: str = "built-in"
+    run_overhead_s: float = 0.0
+    fused_patterns: tuple[tuple[str, ...], ...] = ()
+    layout_conversion: float = 0.0
+    model_profile: ModelProfile | None = dataclasses.field(default=None, hash=False, compare=False)
 
     @property
     def usable_memory_bytes(self) -> int:
@@ -193,6 +257,11 @@ class Target:
             sources=field("sources", _sources),
             notes=field("notes", _text) if d.get("notes") is not None else "",
             origin=origin,
+            run_overhead_s=field("run_overhead", parse_duration) if d.get("run_overhead") is not None else 0.0,
+            fused_patterns=field("fused_patterns", _patterns) if d.get("fused_patterns") is not None else (),
+            layout_conversion=(field("layout_conversion", lambda v: _number(v, allow_zero=True))
+                               if d.get("layout_conversion") is not None else 0.0),
+            model_profile=field("model_profile", _model_profile) if d.get("model_profile") is not None else None,
         )
 
     def _identity(self) -> dict[str, Any]:
@@ -227,6 +296,14 @@ class Target:
             "sources": list(self.sources),
             "notes": self.notes,
             "origin": self.origin,
+            "run_overhead_s": self.run_overhead_s,
+            "fused_patterns": ["+".join(p) for p in self.fused_patterns],
+            "layout_conversion": self.layout_conversion,
+            # the per-node table can be thousands of entries: the manifest echoes what was measured, not the table
+            "model_profile": None if self.model_profile is None else {
+                "model": self.model_profile.model, "input_shapes": [list(s) for s in self.model_profile.input_shapes],
+                "command": self.model_profile.command, "measured_s": self.model_profile.measured_s,
+                "nodes": len(self.model_profile.nodes)},
         }
 
     def to_spec(self) -> dict[str, Any]:
@@ -250,6 +327,14 @@ class Target:
             spec["uplink"] = {"bandwidth": self.uplink.bandwidth_bps, "rtt": self.uplink.rtt_s}
         if self.notes:
             spec["notes"] = self.notes
+        if self.run_overhead_s:
+            spec["run_overhead"] = self.run_overhead_s
+        if self.fused_patterns:
+            spec["fused_patterns"] = ["+".join(p) for p in self.fused_patterns]
+        if self.layout_conversion:
+            spec["layout_conversion"] = self.layout_conversion
+        if self.model_profile is not None:
+            spec["model_profile"] = self.model_profile.to_spec()
         return spec
 
 
@@ -395,6 +480,37 @@ def _op_class_set(value: Any) -> frozenset[str]:
     classes = _string_list(value)
     _subset(classes, OP_CLASSES, "op class(es)")
     return frozenset(classes)
+
+
+def _patterns(value: Any) -> tuple[tuple[str, ...], ...]:
+    """``["conv+act", "conv+binary+act"]`` -> role tuples; every role known, at least two per pattern."""
+    patterns = []
+    for text in _string_list(value):
+        roles = tuple(r.strip() for r in text.split("+"))
+        if len(roles) < 2 or "" in roles:
+            raise SplitcError(f"fused pattern {text!r} needs two or more roles joined by '+'", hint="e.g. conv+act")
+        _subset(list(roles), FUSION_ROLES, "fusion role(s)")
+        patterns.append(roles)
+    return tuple(dict.fromkeys(patterns))
+
+
+def _model_profile(value: Any) -> ModelProfile:
+    profile = _mapping(value)
+    _exact_keys(profile, ("model", "input_shapes", "nodes", "measured_s"), ("command",), "model_profile")
+    shapes = profile["input_shapes"]
+    if not isinstance(shapes, list) or not all(isinstance(s, list) and all(isinstance(d, int) for d in s)
+                                               for s in shapes):
+        raise SplitcError(f"input_shapes must be a list of integer lists, got {shapes!r}")
+    nodes = _mapping(profile["nodes"])
+    table = {}
+    for name, row in nodes.items():
+        if (not isinstance(row, list) or len(row) != 3 or not isinstance(row[1], str)
+                or not isinstance(row[2], int)):
+            raise SplitcError(f"node '{name}': expected [seconds, op name, output bytes], got {row!r}")
+        table[str(name)] = MeasuredNode(_number(row[0], allow_zero=True), row[1], int(row[2]))
+    return ModelProfile(model=_text(profile["model"]), input_shapes=tuple(tuple(s) for s in shapes),
+                        command=_text(profile.get("command") or ""), measured_s=_number(profile["measured_s"]),
+                        nodes=table)
 
 
 def _uplink(value: Any, kind: str) -> Link | None:

@@ -223,3 +223,51 @@ def test_compressed_problem_matches_brute_force(k: int, tight: bool) -> None:
             if c < problem.n:
                 assert ev["links"][t] == pytest.approx(problem.rtt[t] + 8.0 * problem.wire_bytes[c] / problem.bandwidth[t]
                                                        + problem.link_extra_s[t, c])
+
+
+def _with_boundaries(problem: ChainProblem, rng: np.random.Generator, reach: bool) -> ChainProblem:
+    """Per-run entry and exit costs (session run, layout conversions) of the size of the node times, optional reach."""
+    import dataclasses
+
+    k, n = problem.tiers, problem.n
+    extra = {"tier_entry_s": rng.uniform(0, 2e-3, size=(k, n + 1)), "tier_exit_s": rng.uniform(0, 2e-3, size=(k, n + 1))}
+    if reach:
+        extra["reach"] = np.concatenate([[1.0], np.sort(rng.uniform(0.2, 1.0, size=n))[::-1]])
+    return dataclasses.replace(problem, **extra)
+
+
+@pytest.mark.parametrize("k", [2, 3, 4])
+@pytest.mark.parametrize("reach", [False, True])
+def test_entry_and_exit_costs_keep_the_dp_exact(k: int, reach: bool) -> None:
+    """A tier that runs something pays entry[start] + exit[end]; the DP's optimum and best_at equal brute force."""
+    rng = np.random.default_rng(50 + 10 * k + reach)
+    checked = 0
+    for _ in range(40):
+        problem = _with_boundaries(random_problem(rng, k, int(rng.integers(1, 7)), memory_tight=True), rng, reach)
+        want, _ = brute_force(problem)
+        if not np.isfinite(want):
+            continue
+        solution = solve_chain(problem)
+        assert solution.latency == pytest.approx(want, rel=1e-12, abs=1e-15)
+        assert evaluate_cuts(problem, solution.cuts)["total"] == pytest.approx(want, rel=1e-12, abs=1e-15)
+        for b in range(k - 1):
+            for c in range(problem.n + 1):
+                plans = [cuts for cuts in itertools.combinations_with_replacement(range(problem.n + 1), k - 1)
+                         if cuts[b] == c and evaluate_cuts(problem, cuts)["legal"] and evaluate_cuts(problem, cuts)["fits"]]
+                best = min((evaluate_cuts(problem, p)["total"] for p in plans), default=np.inf)
+                if np.isfinite(best):
+                    assert solution.best_at[b, c] == pytest.approx(best, rel=1e-12, abs=1e-15)
+        checked += 1
+    assert checked >= 15
+
+
+def test_an_empty_tier_pays_no_entry_or_exit() -> None:
+    """The session run is paid only by tiers that run a node: one tier doing everything pays it once."""
+    problem = ChainProblem(node_time=np.array([[1e-3, 1e-3], [1e-3, 1e-3]]), cut_bytes=np.zeros(3),
+                           legal=np.ones(3, bool), param_bytes=np.zeros(2), memory=np.full(2, np.inf),
+                           rtt=np.zeros(1), bandwidth=np.array([1e9]),
+                           tier_entry_s=np.full((2, 3), 5e-3), tier_exit_s=np.full((2, 3), 1e-3))
+    assert evaluate_cuts(problem, (2,))["total"] == pytest.approx(2e-3 + 6e-3)  # tier 1 runs nothing
+    assert evaluate_cuts(problem, (1,))["total"] == pytest.approx(2e-3 + 12e-3)
+    solution = solve_chain(problem)
+    assert solution.cuts in ((0,), (2,)) and solution.latency == pytest.approx(8e-3)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from splitc.core.options import CompileOptions
-from splitc.planning.dag_cut import is_monotone, placement_cost, solve_dag
+from splitc.planning.dag_cut import is_monotone, max_flow_backend, placement_cost, solve_dag
 from splitc.core.pass_manager import PassManager
 from splitc.driver.pipeline import compile_model, default_passes, prepare
 from splitc.core.graph import COMPUTE_OPS
@@ -57,8 +57,16 @@ def random_problem(rng: np.random.Generator, k: int, n: int):
     return node_time, edges, out_bytes, bandwidth, fixed, precedence
 
 
+def _backends() -> list:
+    """Both max-flow backends where PyMaxflow is installed; Dinic alone otherwise (said in the skip)."""
+    bk = pytest.param("boykov-kolmogorov", marks=pytest.mark.skipif(
+        max_flow_backend() != "boykov-kolmogorov", reason="PyMaxflow not installed (pip install pymaxflow)"))
+    return ["scipy-dinic", bk]
+
+
+@pytest.mark.parametrize("backend", _backends())
 @pytest.mark.parametrize("k", [2, 3])
-def test_matches_brute_force(k: int) -> None:
+def test_matches_brute_force(k: int, backend: str) -> None:
     rng = np.random.default_rng(100 + k)
     differs_from_prefix = 0
     for _ in range(150):
@@ -67,7 +75,7 @@ def test_matches_brute_force(k: int) -> None:
         placements = all_monotone(n, k, edges, fixed, precedence)
         costs = placement_cost(node_time, edges, out_bytes, bandwidth, placements)
         best = float(costs.min())
-        solution = solve_dag(node_time, edges, out_bytes, bandwidth, fixed, precedence)
+        solution = solve_dag(node_time, edges, out_bytes, bandwidth, fixed, precedence, backend=backend)
         assert is_monotone(solution.tier, np.vstack([edges, precedence]))
         assert all(solution.tier[v] == t for v, t in fixed.items())
         assert solution.cost == pytest.approx(placement_cost(node_time, edges, out_bytes, bandwidth, solution.tier))
@@ -94,10 +102,11 @@ def test_multi_consumer_tensor_is_paid_once_per_link() -> None:
     assert placement_cost(node_time, edges, out_bytes, bandwidth, tier) == pytest.approx(5.0 + 1.0 + 0.5)
 
 
-def test_rejects_contradictions_and_bad_input() -> None:
+@pytest.mark.parametrize("backend", _backends())
+def test_rejects_contradictions_and_bad_input(backend: str) -> None:
     chain = [(i, i + 1) for i in range(5)]
     with pytest.raises(ValueError, match="contradict"):
-        solve_dag(np.ones((3, 6)), chain, np.ones(6), np.ones(2), fixed={0: 2, 5: 0})
+        solve_dag(np.ones((3, 6)), chain, np.ones(6), np.ones(2), fixed={0: 2, 5: 0}, backend=backend)
     with pytest.raises(ValueError, match="not monotone"):
         placement_cost(np.ones((2, 6)), chain, np.ones(6), np.ones(1), np.array([1, 0, 0, 0, 0, 0]))
     with pytest.raises(ValueError, match="bandwidth"):
@@ -106,13 +115,14 @@ def test_rejects_contradictions_and_bad_input() -> None:
         solve_dag(-np.ones((2, 6)), chain, np.ones(6), np.ones(1))
 
 
-def test_one_tier_and_wide_dynamic_range() -> None:
+@pytest.mark.parametrize("backend", _backends())
+def test_one_tier_and_wide_dynamic_range(backend: str) -> None:
     one = solve_dag(np.array([[1.0, 2.0]]), [(0, 1)], np.ones(2), np.zeros(0))
     assert one.tier.tolist() == [0, 0] and one.cost == 3.0
     # 1 ns next to 1000 s: the second, rescaled solve still resolves the nanosecond decision
     node_time = np.array([[0.0, 2e-9, 1e3], [0.0, 1e-9, 0.0]])
     edges = [(0, 1), (0, 2)]
-    solution = solve_dag(node_time, edges, np.zeros(3), np.array([1e9]), fixed={0: 0})
+    solution = solve_dag(node_time, edges, np.zeros(3), np.array([1e9]), fixed={0: 0}, backend=backend)
     assert solution.tier.tolist() == [0, 1, 1] and solution.cost == pytest.approx(1e-9)
 
 

@@ -6,6 +6,8 @@ explicit dominance), on random chain problems.
 
 from __future__ import annotations
 
+import dataclasses
+
 import itertools
 import math
 
@@ -40,9 +42,13 @@ def all_plans(problem: ChainProblem) -> list[tuple[int, ...]]:
 
 @pytest.mark.parametrize("seed", range(8))
 @pytest.mark.parametrize("reach", [False, True])
-def test_enumeration_matches_brute_force_latency_and_memory(seed, reach):
+@pytest.mark.parametrize("boundaries", [False, True])
+def test_enumeration_matches_brute_force_latency_and_memory(seed, reach, boundaries):
     rng = np.random.default_rng(seed)
     problem = random_problem(rng, k=3, reach=reach, memory=3e6 if seed % 2 else np.inf)
+    if boundaries:  # per-run entry and exit costs of each tier (session run, layout conversions)
+        problem = dataclasses.replace(problem, tier_entry_s=rng.random((3, problem.n + 1)) * 1e-3,
+                                      tier_exit_s=rng.random((3, problem.n + 1)) * 1e-3)
     plans, exhaustive = candidate_plans(problem)
     assert exhaustive and sorted(map(tuple, plans.tolist())) == sorted(all_plans(problem))
     metrics = evaluate_plans(problem, [None] * 3, plans, rps=1.0, with_cost=False)

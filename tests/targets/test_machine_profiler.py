@@ -21,6 +21,7 @@ from splitc.errors import SplitcError
 from splitc.core.op_classes import OP_CLASSES
 from splitc.targets.machine_profiler import (Measurement, ProfileConfig, _traced, check_output_path, fit,
                                      machine_memory_bytes, microbenchmarks)
+from splitc.targets.cost_model import subgraph_time
 from splitc.targets.target import TargetRegistry
 from tests.cli import run_cli
 from tests.models import Residual
@@ -53,9 +54,12 @@ def test_fitted_figures_are_finite_positive_and_efficiencies_in_unit_interval(pr
         assert math.isfinite(value) and value > 0
     assert set(target.efficiency) == set(OP_CLASSES) | {"conv_depthwise"}  # depthwise convs are measured apart
     assert all(0 < e <= 1 for e in target.efficiency.values())
-    assert target.fused_op_classes <= {"elementwise", "norm"}
+    assert target.fused_op_classes == frozenset()  # fusion is declared per pattern now
+    assert all(2 <= len(p) <= 3 for p in target.fused_patterns) and target.layout_conversion >= 0
+    assert target.run_overhead_s > 0
     record = yaml.safe_load(profiled.with_suffix(".json").read_text())  # JSON is YAML
-    assert {m["role"] for m in record["measurements"]} >= {"overhead", "bandwidth", "conv", "conv_depthwise", "matmul", "fusion"}
+    assert {m["role"] for m in record["measurements"]} >= {"overhead", "bandwidth", "conv", "conv_depthwise", "matmul", "fusion",
+                                                          "layout"}
     assert all(m["seconds"] > 0 and m["runs"] >= 3 for m in record["measurements"])
 
 
@@ -69,29 +73,37 @@ def test_profiled_target_plans_a_model(profiled: Path, tmp_path: Path, capsys) -
     assert "my-box" in out and "chosen plan" in out
 
 
-@pytest.mark.parametrize("backend", ["onnxruntime", "torch"])  # torch: bandwidth from the slope over copy sizes
-def test_fit_recovers_the_figures_that_generated_the_timings(profiled: Path, backend: str) -> None:
-    """Timings computed by the cost model from a known target + a run overhead are fitted back."""
+@pytest.mark.parametrize("backend, kernels", [("onnxruntime", False), ("onnxruntime", True), ("torch", False)])
+def test_fit_recovers_the_figures_that_generated_the_timings(profiled: Path, backend: str, kernels: bool) -> None:
+    """Timings computed by the cost model from a known target are fitted back: figures, fusions, layout conversions.
+
+    ``kernels``: the generating target fuses conv+act, conv+binary(+act) and matmul+act and converts layouts
+    (factor 1.5): the fit must find exactly those patterns and that factor from the timings alone; without
+    them it must declare none (torch: the bandwidth comes from the slope over copy sizes).
+    """
     truth = TargetRegistry.with_builtins([profiled]).resolve("my-box")
+    patterns = (("conv", "act"), ("conv", "binary"), ("conv", "binary", "act"), ("matmul", "act")) if kernels else ()
     truth = dataclasses.replace(
-        truth, backend=backend, peak_flops={"fp32": 80e9}, memory_bandwidth=25e9, op_overhead_s=3e-6, fused_op_classes=frozenset(),
-        efficiency={**truth.efficiency, "conv": 0.5, "matmul": 0.8, "attention": 1.0, "norm": 0.05,
-                    "pool": 0.02, "elementwise": 1.0, "reduction": 0.03})
-    run_overhead = 20e-6
+        truth, backend=backend, peak_flops={"fp32": 80e9}, memory_bandwidth=25e9, op_overhead_s=3e-6,
+        fused_op_classes=frozenset(), run_overhead_s=20e-6, fused_patterns=patterns,
+        layout_conversion=1.5 if kernels else 0.0,
+        efficiency={**truth.efficiency, "conv": 0.5, "conv_depthwise": 0.1, "matmul": 0.8, "attention": 1.0,
+                    "norm": 0.05, "pool": 0.02, "elementwise": 1.0, "reduction": 0.03})
     measurements = []
-    for bench in microbenchmarks(quick=True, device="cuda" if backend == "torch" else "cpu"):
+    for bench in microbenchmarks(quick=False, device="cuda" if backend == "torch" else "cpu"):
         if bench.role == "dram":
             continue
         module, shapes = bench.build()
         gm, _ = _traced(module, shapes)
         nodes = [n for n in gm.graph.nodes if n.op in ("call_module", "call_function", "call_method")]
-        seconds = run_overhead + sum(_node_seconds(n, truth) for n in nodes)
+        seconds = subgraph_time(gm, truth)
         flops = sum(n.meta["splitc.flops"] for n in nodes)
         moved = sum(n.meta["splitc.in_bytes"] + n.meta["splitc.out_bytes"] + n.meta["splitc.param_bytes"] for n in nodes)
         measurements.append(Measurement(bench.name, bench.role, seconds, 5, 0.0, flops, moved, len(nodes), 0,
                                         bench.param, graph_nodes=nodes))
     fitted, target = fit(measurements, truth)
-    assert fitted.run_overhead_s == pytest.approx(run_overhead, rel=1e-3)
+    assert fitted.run_overhead_s == pytest.approx(20e-6, rel=1e-3)
+    assert target.run_overhead_s == fitted.run_overhead_s
     assert target.op_overhead_s == pytest.approx(3e-6, rel=0.05)  # the chains' memory time is taken off
     assert target.memory_bandwidth == pytest.approx(25e9, rel=0.05)
     # peak = best achieved rate: the fastest compute benchmark at efficiency 1 (attention here) reaches it
@@ -99,8 +111,9 @@ def test_fit_recovers_the_figures_that_generated_the_timings(profiled: Path, bac
     for op_class in ("conv", "matmul"):  # compute-bound classes: ratio to the attention class is preserved
         ratio = target.efficiency[op_class] / target.efficiency["attention"]
         assert ratio == pytest.approx(truth.efficiency[op_class], rel=0.1)
-    assert fitted.fused == frozenset(), (fitted.fusion_evidence, fitted.efficiency, fitted.peak_fp32)  # timings generated without fusion are not explained better by it
-    errors = [abs(m.predicted / (m.seconds - run_overhead) - 1) for m in measurements if m.role != "overhead"]
+    assert set(target.fused_patterns) == set(patterns), fitted.fusion_evidence
+    assert target.layout_conversion == pytest.approx(truth.layout_conversion, abs=0.15), fitted.layout_evidence
+    errors = [abs(m.predicted / m.seconds - 1) for m in measurements if m.role != "overhead"]
     assert max(errors) < 0.1
 
 

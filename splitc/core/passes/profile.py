@@ -32,7 +32,7 @@ import torch
 import torch.fx
 from torch import nn
 from torch.fx.node import map_aggregate
-from torch.fx.passes.shape_prop import ShapeProp, _extract_tensor_metadata
+from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata, _extract_tensor_metadata
 from torch.utils.flop_counter import FlopCounterMode
 
 from splitc.core.pass_manager import Pass, PassResult
@@ -70,6 +70,11 @@ _REDUCE_NAMES = frozenset({
     "mean", "sum", "amax", "max", "min", "softmax", "log_softmax", "_softmax", "logsumexp",
     "var", "std", "norm", "argmax", "prod",
 })
+#: Classes whose ops FlopCounterMode counts (and "other": unknown, so counted to be safe).
+_CONTRACTING = frozenset({"conv", "matmul", "attention", "other"})
+#: Where built-in functions live (``torch.relu.__module__`` is ``"torch"``; ``operator.add``'s ``"_operator"``).
+_BUILTIN_HOMES = frozenset({"torch", "torch.functional", "torch._C._nn", "torch._C._VariableFunctions", "operator",
+                            "_operator", "math", "builtins", "torch.nn.functional"})
 # Per-element FLOP estimates for classes FlopCounterMode does not count.
 _PER_ELEMENT = {"norm": 5, "elementwise": 1, "reduction": 1, "other": 1}
 
@@ -139,19 +144,23 @@ class _Profiler(ShapeProp):
     """
 
     def run_node(self, n: torch.fx.Node) -> Any:
-        with FlopCounterMode(display=False) as counter:
-            try:
-                result = torch.fx.Interpreter.run_node(self, n)
-            except Exception as exc:
-                raise _NodeFailure(n, exc) from exc
-        meta = map_aggregate(result, lambda v: _extract_tensor_metadata(v) if isinstance(v, torch.Tensor) else v)
+        name = op_name(n, self.module)
+        op_class = classify(name)
+        counted = self._may_contract(n, op_class)
+        try:
+            if counted:
+                with FlopCounterMode(display=False) as counter:
+                    result = torch.fx.Interpreter.run_node(self, n)
+            else:  # a built-in op of a class FlopCounterMode never counts: skip its dispatch mode (most of a
+                result = torch.fx.Interpreter.run_node(self, n)  # 10,000-node chain's profile time)
+        except Exception as exc:
+            raise _NodeFailure(n, exc) from exc
+        meta = map_aggregate(result, lambda v: _tensor_metadata(v) if isinstance(v, torch.Tensor) else v)
         if _contains_tensor(result):
             n.meta["tensor_meta"] = meta
         n.meta["type"] = type(result)
         args, kwargs = self.fetch_args_kwargs_from_env(n)
-        name = op_name(n, self.module)
-        op_class = classify(name)
-        flops = int(counter.get_total_flops())
+        flops = int(counter.get_total_flops()) if counted else 0
         source = "counted" if flops else "none"
         if not flops and op_class not in ("view", "data_movement"):
             flops = self._estimate(n, name, op_class, args, result)
@@ -172,6 +181,24 @@ class _Profiler(ShapeProp):
         if not isinstance(result, torch.Tensor) and not _contains_tensor(result):
             meta[CONST_VALUE] = result
         return result
+
+    def _may_contract(self, n: torch.fx.Node, op_class: str) -> bool:
+        """Whether FlopCounterMode could count anything in ``n`` (convs, matmuls, attention, or unknown code).
+
+        Placeholders, weights and outputs never; a ``torch.nn`` layer, a Tensor method or a function of
+        torch / torch.nn.functional / operator / math of a class without contractions (element-wise,
+        norms, pooling, reductions, views, copies) neither; anything else (user code wrapped as a leaf,
+        a custom module) is counted.
+        """
+        if n.op not in ("call_module", "call_function", "call_method") or op_class in _CONTRACTING:
+            return n.op in ("call_module", "call_function", "call_method")
+        if n.op == "call_method":
+            return False
+        if n.op == "call_module":
+            return not type(self.module.get_submodule(n.target)).__module__.startswith("torch.nn")
+        home = getattr(n.target, "__module__", None) or ""
+        return not (home in _BUILTIN_HOMES or home.startswith("torch.nn.functional") or home.startswith("torch._ops")
+                    or getattr(n.target, "__self__", None) is torch or isinstance(n.target, torch._ops.OpOverload))
 
     def _estimate(self, n: torch.fx.Node, name: str, op_class: str, args: tuple, result: Any) -> int:
         module = self.module.get_submodule(n.target) if n.op == "call_module" else None
@@ -195,6 +222,24 @@ class _Profiler(ShapeProp):
         if n.op == "get_attr":
             return _tensor_bytes(result)
         return 0
+
+
+_FORMATS = ((torch.contiguous_format, 0), (torch.channels_last, 4), (torch.channels_last_3d, 5))
+
+
+def _tensor_metadata(value: torch.Tensor) -> TensorMetadata:
+    """ShapeProp's ``TensorMetadata`` of a dense tensor, without its contiguity helper.
+
+    torch's ``_extract_tensor_metadata`` checks memory formats through ``torch._check``, whose first
+    call imports sympy (~0.4 s of every ``splitc plan``); ``Tensor.is_contiguous(memory_format=...)``
+    answers the same question natively (channels_last formats only exist for 4-D / 5-D tensors).
+    Quantized and sparse tensors take torch's own path.
+    """
+    if value.is_quantized or value.layout != torch.strided:
+        return _extract_tensor_metadata(value)
+    memory_format = next((fmt for fmt, rank in _FORMATS
+                          if (rank == 0 or value.dim() == rank) and value.is_contiguous(memory_format=fmt)), None)
+    return TensorMetadata(value.shape, value.dtype, value.requires_grad, value.stride(), memory_format, False, {})
 
 
 def _mha_flops(module: nn.MultiheadAttention, args: tuple) -> int:
