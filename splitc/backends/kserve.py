@@ -54,14 +54,14 @@ def kserve_sdk() -> types.SimpleNamespace | None:
         package = types.ModuleType("kserve")
         package.__path__ = list(spec.submodule_search_locations)
         sys.modules["kserve"] = package
-    try:
-        import kserve.api_client
-        import kserve.constants.constants as constants
-        import kserve.models
+    try:  # import_module: the real package rebinds the attribute kserve.constants to its inner module
+        api_client = importlib.import_module("kserve.api_client")
+        constants = importlib.import_module("kserve.constants.constants")
+        models = importlib.import_module("kserve.models")
     except ImportError as exc:
         log.warning("[kserve] the kserve SDK is installed but does not import (%s)", exc)
         return None
-    return types.SimpleNamespace(models=kserve.models, ApiClient=kserve.api_client.ApiClient, constants=constants)
+    return types.SimpleNamespace(models=models, ApiClient=api_client.ApiClient, constants=constants)
 
 
 def _quantity(nbytes: float) -> str:

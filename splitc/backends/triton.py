@@ -247,6 +247,8 @@ def _runtime_closure(root_module: str = "splitc.runtime.tier_model") -> list[Pat
         if module in seen or path is None:
             continue
         seen[module] = path
+        if module == "splitc":  # its lazy compile_model would pull the compiler in: vendor_runtime writes a stub
+            continue
         parts = module.split(".")
         todo += [".".join(parts[:i]) for i in range(1, len(parts))]  # the packages above it
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
@@ -265,7 +267,11 @@ def vendor_runtime(dest: Path) -> list[Path]:
     for src in _runtime_closure():
         target = dest / "splitc" / src.relative_to(package_root)
         target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(src, target)
+        if src == package_root / "__init__.py":
+            target.write_text('"""splitc\'s runtime, copied by splitc into this model (no compiler here)."""\n',
+                              encoding="utf-8")
+        else:
+            shutil.copyfile(src, target)
         written.append(target)
     return written
 
