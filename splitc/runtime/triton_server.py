@@ -264,7 +264,7 @@ class TritonServer:
         """SIGTERM, wait, SIGKILL what is left of the process group, remove the shm files and the copy.
 
         Returns:
-            ``{"returncode", "stop_s", "killed", "shm_removed"}``.
+            ``{"returncode", "stop_s", "killed", "shm_removed", "log_tail"}``.
         """
         info: dict[str, Any] = {"returncode": None, "stop_s": 0.0, "killed": False, "shm_removed": []}
         if self.proc is not None:
@@ -285,6 +285,7 @@ class TritonServer:
         info["shm_removed"] = self.shm_files()
         for name in info["shm_removed"]:
             Path("/dev/shm", name).unlink(missing_ok=True)
+        info["log_tail"] = self.log_text(64 * 1024)  # the models' finalize lines (splitc's batch statistics) included
         if self.work is not None:
             shutil.rmtree(self.work, ignore_errors=True)
             self.work = None
