@@ -53,7 +53,7 @@ from splitc.errors import SplitcError
 from splitc.runtime.encoding import numpy_dtype
 from splitc.runtime.link import LinkMonitor, variant_for
 from splitc.runtime.runner import BundleRunner, load_manifest
-from splitc.runtime.tier_model import wire_arrays
+from splitc.runtime.tier_model import exit_fired, wire_arrays
 from splitc.runtime.v2 import V2_DATATYPES, TensorSpec, fingerprint, model_name, served_tiers, tier_contract
 
 __all__ = ["SplitClient", "Result", "RemoteError", "Transport", "split_batch", "load_request_arrays",
@@ -449,7 +449,7 @@ class SplitClient:
             held, answer, payloads = runner.tier_step(tier, held)
             if answer is not None or payloads is None:
                 outputs = answer if answer is not None else runner.outputs(held)
-                exit_index = _local_exit(runner, tier, held) if answer is not None else -1
+                exit_index = exit_fired(runner, tier, held) if answer is not None else -1
                 return Result(dict(outputs), tier, time.perf_counter() - start, request_id, exit=exit_index,
                               variant=variant.index)
             if tier + 1 < variant.first_remote:
@@ -564,19 +564,6 @@ class SplitClient:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
-
-
-def _local_exit(runner: BundleRunner, tier: int, held: Mapping[str, np.ndarray]) -> int:
-    for part in (p for p in runner.manifest["partitions"] if p["tier_index"] == tier):
-        exits = [e for e in runner.manifest.get("exits", []) if e["partition"] == part["index"]]
-        if not exits:
-            continue
-        if any(e["outputs"]["confidence"] not in held for e in exits):
-            break
-        taken = runner.exit_taken(part["index"], held)
-        if taken is not None:
-            return int(taken["index"])
-    return -1
 
 
 # --------------------------------------------------------------------------- request files and results

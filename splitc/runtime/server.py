@@ -218,7 +218,7 @@ class TierService:
         from splitc.runtime.client import RemoteError
 
         nxt = int(answer["splitc_next"][0])
-        variant = None if model.name == model_name(self.tier_index) else int(model.name.split("_")[1][1:])
+        variant = model.variant
         tensors = {s.name: answer[s.name] for s in model.contract.forward_outputs}
         try:
             outputs, _ = self._next.infer(model_name(nxt, variant), tensors, request_id)

@@ -35,7 +35,7 @@ from splitc.runtime.batching import LockstepBatcher
 from splitc.runtime.runner import BundleRunner
 from splitc.runtime.v2 import TensorSpec, TierContract, V2Error, model_name, tier_contract
 
-__all__ = ["TierModel", "wire_arrays"]
+__all__ = ["TierModel", "wire_arrays", "exit_fired"]
 
 log = logging.getLogger("splitc")
 
@@ -48,6 +48,22 @@ def wire_arrays(payloads: Mapping[str, bytes], specs: Sequence[TensorSpec]) -> d
         out[spec.name] = np.frombuffer(payloads[spec.name], dtype=dtype.newbyteorder("<")).reshape(
             spec.shape).astype(dtype)
     return out
+
+
+def exit_fired(runner: BundleRunner, tier: int, held: Mapping[str, np.ndarray]) -> int:
+    """Manifest index of the exit that answered a request on ``tier`` (-1: none), asking the runner's own rule
+    (``exit_taken``) partition by partition in manifest order, up to the first partition that did not run."""
+    exits = runner.manifest.get("exits", [])
+    for part in (p for p in runner.manifest["partitions"] if p["tier_index"] == tier):
+        mine = [e for e in exits if e["partition"] == part["index"]]
+        if not mine:
+            continue
+        if any(e["outputs"]["confidence"] not in held for e in mine):
+            break  # this partition did not run: the exit was taken before it
+        taken = runner.exit_taken(part["index"], held)
+        if taken is not None:
+            return int(taken["index"])
+    return -1
 
 
 def _control(next_tier: int, exit_index: int, tier: int) -> dict[str, np.ndarray]:
@@ -85,6 +101,7 @@ class TierModel:
         self.manifest = runner.manifest
         self.tier_index, self.last_tier = tier_index, last
         self.contract: TierContract = tier_contract(self.manifest, tier_index, last)
+        self.variant = variant
         self.name = model_name(tier_index, variant)
         self.batcher = LockstepBatcher(batchable, workers)
         runner.sessions = self.batcher.wrap(runner.sessions)
@@ -141,18 +158,7 @@ class TierModel:
         return out
 
     def _exit_fired(self, tier: int, held: Mapping[str, np.ndarray]) -> int:
-        """Manifest index of the exit that answered on ``tier`` (the runner's rule, asked partition by partition)."""
-        exits = self.manifest.get("exits", [])
-        for part in (p for p in self.manifest["partitions"] if p["tier_index"] == tier):
-            mine = [e for e in exits if e["partition"] == part["index"]]
-            if not mine:
-                continue
-            if any(e["outputs"]["confidence"] not in held for e in mine):
-                break  # this partition did not run: the exit was taken before it
-            taken = self.runner.exit_taken(part["index"], held)
-            if taken is not None:
-                return int(taken["index"])
-        return -1
+        return exit_fired(self.runner, tier, held)
 
     # -- requests ------------------------------------------------------------------------------------
     def infer(self, requests: Sequence[Mapping[str, np.ndarray]]) -> list[dict[str, np.ndarray] | V2Error]:

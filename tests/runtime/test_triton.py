@@ -70,6 +70,20 @@ def test_every_design_answers_like_the_in_process_runner(mnist_exits_bundle, mni
     assert info["returncode"] == 0 and not info["killed"]
 
 
+def test_a_three_tier_chain_over_two_tritons(mnist_exits_bundle, mnist_digits, triton_install, no_leftovers):
+    """Each server tier in its own Triton: the client calls the edge tier, then the cloud tier it names."""
+    digits = mnist_digits[:80]
+    expected = _reference(mnist_exits_bundle, digits)
+    repos = []
+    for tier in (1, 2):
+        repos.append(Path(tempfile.mkdtemp(prefix="splitc-test-repo-")))
+        serving_repository(mnist_exits_bundle, tier, repos[-1], design="python", threads=1)
+    with TritonServer(repos[0]) as edge, TritonServer(repos[1]) as cloud:
+        with SplitClient(mnist_exits_bundle, remote=[edge.grpc_url, cloud.http_url]) as client:
+            assert {t: u.url for t, u in client.variants[0].served.items()} == {1: edge.grpc_url, 2: cloud.http_url}
+            _check([client.infer(d) for d in digits], expected)
+
+
 def test_dynamic_batching_keeps_every_answer_and_exit(mnist_exits_bundle, mnist_digits, triton_install, no_leftovers):
     digits = mnist_digits[:240]
     expected = _reference(mnist_exits_bundle, digits)
