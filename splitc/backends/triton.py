@@ -70,7 +70,7 @@ _ONNX_DTYPES = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.FLOAT16: "fl
 #: Tier kinds that run a server (devices run the client; FaaS tiers get a handler instead).
 SERVER_KINDS = ("edge", "cloud-vm")
 #: Largest batch the dynamic batcher forms (and the check covers).
-MAX_BATCH = 8
+MAX_BATCH = 4
 #: repository folder of each design
 DESIGNS = {"bls": "triton", "python": "triton-python", "ensemble": "triton-ensemble"}
 
@@ -201,18 +201,16 @@ def check_batch_axis(src: Path, dst: Path, max_batch: int = MAX_BATCH) -> dict[s
     onnx.save(model, str(tmp))
     options = ort.SessionOptions()
     options.log_severity_level = 4
-    options.intra_op_num_threads = 1
     try:
         static = ort.InferenceSession(str(src), options, providers=["CPUExecutionProvider"])
         dynamic = ort.InferenceSession(str(tmp), options, providers=["CPUExecutionProvider"])
-        rng = np.random.default_rng(0)
         names = [o.name for o in static.get_outputs()]
-        for batch in range(1, max_batch + 1):
-            feeds = _random_feeds(static, batch, rng)
-            together = dynamic.run(names, feeds)
-            alone = [static.run(names, {k: v[r:r + 1] for k, v in feeds.items()}) for r in range(batch)]
+        feeds = _random_feeds(static, max_batch, np.random.default_rng(0))
+        alone = [static.run(names, {k: v[r:r + 1] for k, v in feeds.items()}) for r in range(max_batch)]
+        for batch in range(1, max_batch + 1):  # every size: a kernel may change with it (GEMV at 1, GEMM above)
+            together = dynamic.run(names, {k: v[:batch] for k, v in feeds.items()})
             for j, name in enumerate(names):
-                expected = np.concatenate([row[j] for row in alone])
+                expected = np.concatenate([row[j] for row in alone[:batch]])
                 if together[j].shape != expected.shape or not np.array_equal(together[j], expected, equal_nan=True):
                     tmp.unlink()
                     return {"dynamic": False, "checked": list(range(1, batch)),

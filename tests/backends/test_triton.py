@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 import splitc.runtime.runner
-from splitc.backends.triton import TRITON_DTYPES, check_batch_axis, config_pbtxt, ensemble_possible
+from splitc.backends.triton import MAX_BATCH, TRITON_DTYPES, check_batch_axis, config_pbtxt, ensemble_possible
 from splitc.runtime.v2 import tier_contract
 
 model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2",
@@ -118,7 +118,7 @@ def _export(module, path, shape=(1, 3, 4, 4)):
 
 def test_batch_axis_is_declared_only_where_it_is_bit_exact(tmp_path):
     ok = check_batch_axis(_export(_Conv(), tmp_path / "conv.onnx"), tmp_path / "conv.batch.onnx")
-    assert ok["dynamic"] and ok["checked"] == list(range(1, 9)), ok
+    assert ok["dynamic"] and ok["checked"] == list(range(1, MAX_BATCH + 1)), ok
     [dims] = [[d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
               for v in onnx.load(str(tmp_path / "conv.batch.onnx")).graph.input]
     assert dims == ["batch", 3, 4, 4]

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from splitc.backends.triton import serving_repository
+from splitc.backends.triton import MAX_BATCH, serving_repository
 from splitc.runtime.client import SplitClient
 from splitc.runtime.link import LinkMonitor
 from splitc.runtime.runner import BundleRunner
@@ -63,7 +63,7 @@ def test_the_bundle_has_variants_that_use_the_link_differently(resnet_variants_b
     assert servers["names"] == ["splitc_tier1", "splitc_v2_tier1"]
     assert sorted(servers["own"].service.models) == ["splitc_tier1", "splitc_v2_tier1"]
     [record] = [a for a in manifest["artifacts"] if a["kind"] == "triton"]
-    assert record["max_batch_size"] == 8  # ResNet-18's partition passed the batch-axis check
+    assert record["max_batch_size"] == MAX_BATCH  # ResNet-18's partition passed the batch-axis check
 
 
 @pytest.mark.parametrize("server", ["triton-grpc", "triton-http", "own-http", "own-grpc"])

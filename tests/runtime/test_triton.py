@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from splitc.backends.triton import serving_repository
+from splitc.backends.triton import MAX_BATCH, serving_repository
 from splitc.runtime.client import RemoteError, SplitClient
 from splitc.runtime.process import start_tier_process, stop_tier_process
 from splitc.runtime.triton_server import TritonServer, free_port_block
@@ -88,7 +88,7 @@ def test_dynamic_batching_keeps_every_answer_and_exit(mnist_exits_bundle, mnist_
     digits = mnist_digits[:240]
     expected = _reference(mnist_exits_bundle, digits)
     config = (_repository(mnist_exits_bundle, "python") / "splitc_tier1" / "config.pbtxt").read_text()
-    assert "max_batch_size: 8" in config and "dynamic_batching { }" in config
+    assert f"max_batch_size: {MAX_BATCH}" in config and "dynamic_batching { }" in config
     with TritonServer(_repository(mnist_exits_bundle, "python")) as server:
         for url in (server.http_url, server.grpc_url):
             with SplitClient(mnist_exits_bundle, remote=url) as client:
