@@ -11,7 +11,9 @@ client keeps a :class:`LinkMonitor` fed by its own requests, as Edgent does:
   on it, which is the call's wall time minus the round trip minus the server's own time
   (``splitc_server_us`` of the answer); the estimate is total bytes over total time (a long transfer
   weighs more than a short one). Client-side serialisation counts as link time, so the estimate
-  errs low when transfers take little time (a fast link), which is where the choice matters least.
+  errs low when transfers take little time (a fast link), which is where the choice matters least;
+  with several requests in flight at once they share the link and each sees less of it, so the
+  estimate is the throughput one request gets, which is what its plan's latency depends on.
 
 :func:`variant_for` maps an estimate to a variant with the manifest's switch points (the ends of the
 ranges) and a hysteresis band, so an estimate hovering at a switch point does not flap between two
