@@ -409,6 +409,8 @@ def _batch_plan(stage: Path, manifest: Mapping[str, Any], tier_index: int, folde
     contract = tier_contract(manifest, tier_index)
     dynamic = [int(k) for k, c in checks.items() if c["dynamic"]]
     batched = contract.batchable() and len(dynamic) == len(parts)
+    if not batched:  # serve the exported static files: the configs keep their exact dims
+        files = {p["index"]: stage / p["file"] for p in parts}
     record = {"max_batch_size": MAX_BATCH if batched else 0, "batch_partitions": sorted(dynamic) if batched else [],
               "partitions": checks,
               "reason": "every partition and tensor has a checked batch axis" if batched else
