@@ -1,19 +1,22 @@
 """AWS-Lambda-style handlers for faas tiers.
 
 For each faas tier with a partition, ``<tier>/faas/handler.py`` is a Lambda handler
-(``handler.handler``) that runs :class:`splitc.runtime.server.TierService` -- the very
-code ``splitc serve`` runs, ONNX Runtime inside -- on API Gateway / function-URL events:
+(``handler.handler``) that runs :class:`splitc.runtime.server.TierService` -- the very code
+``splitc serve`` runs, ONNX Runtime inside -- on API Gateway / function-URL events carrying KServe
+v2 REST requests (the protocol every splitc tier speaks):
 
-    {"rawPath": "/v1/infer", "requestContext": {"http": {"method": "POST"}},
-     "isBase64Encoded": true, "body": "<base64 of one wire message>"}
+    {"rawPath": "/v2/models/splitc_tier2/infer", "requestContext": {"http": {"method": "POST"}},
+     "headers": {"inference-header-content-length": "123"}, "isBase64Encoded": true,
+     "body": "<base64 of the v2 request: JSON header + binary tensors>"}
 
-and answers ``{"statusCode", "headers", "isBase64Encoded", "body"}`` (the wire answer in
-base64, or the JSON error). ``GET /health`` works too. The service is built once per
-container (cold start) and reused by warm invocations. Packaging: the bundle folder
-(manifest.json + this tier's folder), plus ``pip install onnxruntime numpy`` and the
-``splitc`` package (only ``splitc.runtime`` and ``splitc.errors`` are imported;
-no torch). ``SPLITC_BUNDLE`` overrides where the bundle is, ``SPLITC_NEXT_URL`` sends the
-outgoing transfer to the next tier instead of running it in the function.
+and answers ``{"statusCode", "headers", "isBase64Encoded", "body"}`` (the v2 answer in base64, with
+``Inference-Header-Content-Length`` when it carries binary tensors, or ``{"error": ...}``). Every
+other v2 endpoint (health, metadata, config) works too. The service is built once per container
+(cold start) and reused by warm invocations. Packaging: the bundle folder (manifest.json + this
+tier's folder), plus ``pip install onnxruntime numpy`` and the ``splitc`` package (only
+``splitc.runtime`` and ``splitc.errors`` are imported; no torch). ``SPLITC_BUNDLE`` overrides where
+the bundle is, ``SPLITC_NEXT_URL`` sends the outgoing transfer to the next tier's server instead of
+running it in the function.
 """
 
 from __future__ import annotations
@@ -25,10 +28,12 @@ __all__ = ["emit_faas", "HANDLER_SOURCE"]
 
 HANDLER_SOURCE = '''"""AWS Lambda handler for tier {tier!r} of a splitc bundle (written by splitc).
 
-Event: API Gateway HTTP API / Lambda function URL (payload 2.0) or REST API (1.0) style.
+Event: API Gateway HTTP API / Lambda function URL (payload 2.0) or REST API (1.0) style, carrying a
+KServe v2 REST request (POST /v2/models/<model>/infer, GET /v2/health/ready, ...).
 """
 
 import base64
+import binascii
 import json
 import os
 from pathlib import Path
@@ -48,29 +53,24 @@ def _get_service():
     return _service
 
 
-def _answer(status, body, content_type):
-    return {{"statusCode": status, "headers": {{"Content-Type": content_type}}, "isBase64Encoded": True,
-            "body": base64.b64encode(body).decode("ascii")}}
+def _answer(status, body, content_type, headers=None):
+    return {{"statusCode": status, "headers": {{"Content-Type": content_type, **(headers or {{}})}},
+            "isBase64Encoded": True, "body": base64.b64encode(body).decode("ascii")}}
 
 
 def handler(event, context=None):
     service = _get_service()
     http = (event.get("requestContext") or {{}}).get("http") or {{}}
     method = (http.get("method") or event.get("httpMethod") or "POST").upper()
-    path = event.get("rawPath") or event.get("path") or "/v1/infer"
-    if method == "GET" and path == "/health":
-        return _answer(200, json.dumps(service.health()).encode(), "application/json")
-    if method != "POST" or path != "/v1/infer":
-        error = {{"error": "not_found", "message": f"{{method}} {{path}}: use POST /v1/infer or GET /health"}}
-        return _answer(404, json.dumps(error).encode(), "application/json")
+    path = event.get("rawPath") or event.get("path") or "/"
     raw = event.get("body") or ""
     try:
         body = base64.b64decode(raw, validate=True) if event.get("isBase64Encoded") else raw.encode("latin-1")
-    except (ValueError, UnicodeEncodeError):
-        error = {{"error": "bad_body", "message": "body is not valid base64 / latin-1 text"}}
+    except (binascii.Error, ValueError, UnicodeEncodeError):
+        error = {{"error": "the event body is not valid base64 / latin-1 text"}}
         return _answer(400, json.dumps(error).encode(), "application/json")
-    reply = service.handle(body)
-    return _answer(reply.status, reply.body, reply.content_type)
+    reply = service.handle_http(method, path, event.get("headers") or {{}}, body)
+    return _answer(reply.status, reply.body, reply.content_type, reply.headers)
 '''
 
 

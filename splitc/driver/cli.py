@@ -394,43 +394,82 @@ def _parse_emit(emit: tuple[str, ...]) -> tuple[str, ...]:
 @cli.command()
 @click.argument("bundle", type=click.Path(file_okay=False))
 @click.option("--tier", required=True, help="Tier to serve: folder name, target name/alias, or index.")
+@click.option("--server", "server_kind", default="splitc", show_default=True, type=click.Choice(["splitc", "triton"]),
+              help="splitc's own KServe v2 server, or a real tritonserver (nvidia-pytriton wheel) on the tier's "
+                   "Triton repository.")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
-@click.option("--port", default=8000, show_default=True, help="Port (0 = any free port, printed at start).")
-@click.option("--next", "next_url", help="URL of the next tier's server (default: run later tiers here).")
-@click.option("--max-inflight", default=4, show_default=True, help="Requests computing at once (then 503).")
+@click.option("--port", default=8000, show_default=True,
+              help="HTTP port; gRPC listens on port+1 (Triton: metrics on port+2). 0 = free ports, printed at start.")
+@click.option("--grpc-port", type=int, help="gRPC port of splitc's server (default: --port + 1; -1 = no gRPC).")
+@click.option("--next", "next_url",
+              help="splitc server: v2 URL (http:// or grpc://) of the next tier's server, which this tier forwards to.")
+@click.option("--single-tier", is_flag=True,
+              help="Serve this tier only: a request that continues is answered with the next link's tensors and the "
+                   "client calls the next tier (default: later tiers run here too).")
+@click.option("--design", default="python", show_default=True, type=click.Choice(["python", "bls", "ensemble"]),
+              help="Triton: tier step with ONNX Runtime in the python model (python), python BLS model around the "
+                   "partition models (bls), or an ensemble (last tier without exits only).")
+@click.option("--no-batching", is_flag=True, help="Triton: max_batch_size 0 even where the batch axis was checked.")
+@click.option("--triton-venv", type=click.Path(file_okay=False),
+              help="Triton: venv with nvidia-pytriton, numpy<2 and onnxruntime the models run in (default: this one).")
+@click.option("--max-inflight", default=4, show_default=True, help="splitc server: requests computing at once (then 503).")
 @click.option("--timeout", "timeout_s", default=30.0, show_default=True,
-              help="Seconds before an idle/slow connection or the call to --next is dropped.")
+              help="splitc server: seconds before an idle/slow connection or the call to --next is dropped.")
 @click.option("--threads", default=0, show_default=True, help="ONNX Runtime threads per session (0 = default).")
 @click.option("-v", "--verbose", count=True, help="Log every request.")
-def serve(bundle, tier, host, port, next_url, max_inflight, timeout_s, threads, verbose) -> None:
-    """Serve one tier of BUNDLE over HTTP (POST /v1/infer, GET /health)."""
+def serve(bundle, tier, server_kind, host, port, grpc_port, next_url, single_tier, design, no_batching, triton_venv,
+          max_inflight, timeout_s, threads, verbose) -> None:
+    """Serve one tier of BUNDLE over KServe v2 (HTTP and gRPC), with splitc's server or Triton."""
     _setup_logging(verbose, False)
+    _require_bundle(bundle)
+    if server_kind == "triton":
+        from splitc.backends.triton import serve_triton
+
+        if next_url:
+            raise SplitcError("--next works with splitc's server only: a Triton model does not call other servers",
+                              "serve each tier with --single-tier and pass every URL to 'splitc run' with --remote")
+        if grpc_port is not None:
+            raise SplitcError("--grpc-port is for splitc's server; Triton listens for gRPC on --port + 1")
+        serve_triton(bundle, tier, host=host, port=port, design=design, batching=not no_batching,
+                     single_tier=single_tier, threads=threads, venv=triton_venv)
+        return
+    if design != "python" or no_batching or triton_venv:
+        raise SplitcError("--design, --no-batching and --triton-venv apply to --server triton")
     from splitc.runtime.server import serve as serve_tier
 
-    _require_bundle(bundle)
-    serve_tier(bundle, tier, host=host, port=port, next_url=next_url, max_inflight=max_inflight,
-               read_timeout_s=timeout_s, forward_timeout_s=timeout_s, threads=threads)
+    serve_tier(bundle, tier, host=host, port=port, grpc_port=grpc_port, next_url=next_url, single_tier=single_tier,
+               max_inflight=max_inflight, read_timeout_s=timeout_s, forward_timeout_s=timeout_s, threads=threads)
 
 
 @cli.command()
 @click.argument("bundle", type=click.Path(file_okay=False))
 @click.option("--input", "input_path", required=True, type=click.Path(dir_okay=False),
               help=".npy (one input) or .npz (by input name); [N, ...] stacks run as N requests.")
-@click.option("--remote", help="URL of the server of the first remote tier (default: every tier in-process).")
+@click.option("--remote", multiple=True,
+              help="KServe v2 server of the remote tiers: http://host:port or grpc://host:port (splitc serve or "
+                   "Triton); once per server. Default: every tier in-process.")
 @click.option("--output", "output_path", type=click.Path(dir_okay=False), help="Write the outputs here (.npz).")
-@click.option("--timeout", "timeout_s", default=30.0, show_default=True, help="Seconds per HTTP call.")
-@click.option("--retries", default=2, show_default=True, help="Retries on connection failures and 503.")
+@click.option("--timeout", "timeout_s", default=30.0, show_default=True, help="Seconds per remote call.")
+@click.option("--retries", default=2, show_default=True, help="Retries on connection failures and busy answers.")
 @click.option("--concurrency", default=1, show_default=True, help="Requests in flight at once.")
-def run(bundle, input_path, remote, output_path, timeout_s, retries, concurrency) -> None:
+@click.option("--no-adapt", is_flag=True,
+              help="Stay on the bundle's own plan even when it has bandwidth variants the servers serve.")
+def run(bundle, input_path, remote, output_path, timeout_s, retries, concurrency, no_adapt) -> None:
     """Run BUNDLE on --input: local tiers here, the rest at --remote (or everything here)."""
     _setup_logging(0, False)
     from splitc.runtime.client import SplitClient, format_results, load_request_arrays, save_outputs, split_batch
 
     manifest = _require_bundle(bundle)
     requests = split_batch(manifest, load_request_arrays(input_path, manifest))
-    client = SplitClient(bundle, remote=remote, timeout_s=timeout_s, retries=retries)
-    results = client.infer_many(requests, concurrency=concurrency)
-    click.echo(format_results(manifest, results))
+    with SplitClient(bundle, remote=list(remote) or None, timeout_s=timeout_s, retries=retries,
+                     adapt=not no_adapt) as client:
+        results = client.infer_many(requests, concurrency=concurrency)
+        click.echo(format_results(manifest, results))
+        if len(client.variants) > 1:
+            link = client.monitor.snapshot()
+            bandwidth = f"{link['bandwidth_bps'] / 1e6:.3g} Mbit/s" if link["bandwidth_bps"] else "not measured"
+            click.echo(f"link: round trip {link['rtt_ms']} ms, {bandwidth}; {len(client.switches)} variant switch(es)",
+                       err=True)
     if output_path:
         save_outputs(output_path, results)
     failed = [i for i, r in enumerate(results) if isinstance(r, Exception)]

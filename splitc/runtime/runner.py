@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 import numpy as np
-import onnxruntime as ort
 
 from splitc.runtime.encoding import decode, encode
 
@@ -67,14 +66,19 @@ class BundleRunner:
                  tiers: Iterable[int] | None = None) -> None:
         self.bundle = Path(bundle)
         self.manifest = load_manifest(self.bundle)
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.log_severity_level = 3
-        self.sessions = {
-            p["index"]: ort.InferenceSession(str(self.bundle / p["file"]), options,
-                                             providers=providers or ["CPUExecutionProvider"])
-            for p in self.manifest["partitions"] if tiers is None or p["tier_index"] in set(tiers)
-        }
+        # ``sessions[index]`` is anything with ONNX Runtime's ``run(output_names, feeds)``: a server may swap in
+        # its own (a batching wrapper, a Triton BLS call), so ONNX Runtime is imported only when it loads files
+        wanted = [p for p in self.manifest["partitions"] if tiers is None or p["tier_index"] in set(tiers)]
+        self.sessions: dict[int, Any] = {}
+        if wanted:
+            import onnxruntime as ort
+
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = threads
+            options.log_severity_level = 3
+            self.sessions = {p["index"]: ort.InferenceSession(str(self.bundle / p["file"]), options,
+                                                              providers=providers or ["CPUExecutionProvider"])
+                             for p in wanted}
         self._partition_of_tier = {p["tier_index"]: p for p in self.manifest["partitions"]}
         self._transfer_on_link = {t["link"]: t for t in self.manifest["transfers"]}
         self.wire_bytes: list[int] = []  # bytes sent per link on the last run

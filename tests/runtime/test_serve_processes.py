@@ -1,5 +1,6 @@
-"""`splitc serve` / `splitc run` as real processes: the CLI round trip, and a server killed and
-restarted mid-run (the client reports each failure clearly, recovers, and never returns a wrong answer)."""
+"""`splitc serve` / `splitc run` as real processes (splitc's own server; Triton: test_triton.py): the CLI
+round trip over HTTP and gRPC, and a server killed and restarted mid-run (the client reports each failure
+clearly, recovers, and never returns a wrong answer)."""
 
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ def _free_port() -> int:
 
 def _start(bundle, tier: str, port: int, timeout_s: float = 60.0) -> subprocess.Popen:
     """Start `splitc serve` on a fixed port (the fault test restarts on the same one)."""
-    return start_tier_process(bundle, tier, port=port, timeout_s=timeout_s, cwd=ROOT)[0]
+    return start_tier_process(bundle, tier, port=port, timeout_s=timeout_s, cwd=ROOT).proc
 
 
 def _stop(proc: subprocess.Popen) -> None:
@@ -52,12 +53,14 @@ def test_cli_run_in_process_and_remote(bundle3, tmp_path):
     port = _free_port()
     server = _start(bundle3, "edge", port)
     try:
-        remote = subprocess.run([sys.executable, "-m", "splitc", "run", str(bundle3), "--input",
-                                 str(tmp_path / "x.npy"), "--remote", f"http://127.0.0.1:{port}", "--output",
-                                 str(tmp_path / "remote.npz"), "--concurrency", "2"],
-                                cwd=ROOT, capture_output=True, text=True, timeout=120)
-        assert remote.returncode == 0, remote.stderr
-        np.testing.assert_array_equal(np.load(tmp_path / "remote.npz")["output_0"], expected)
+        for url in (f"http://127.0.0.1:{port}", f"grpc://127.0.0.1:{port + 1}"):  # gRPC on --port + 1
+            remote = subprocess.run([sys.executable, "-m", "splitc", "run", str(bundle3), "--input",
+                                     str(tmp_path / "x.npy"), "--remote", url, "--output",
+                                     str(tmp_path / "remote.npz"), "--concurrency", "2"],
+                                    cwd=ROOT, capture_output=True, text=True, timeout=120)
+            assert remote.returncode == 0, remote.stderr
+            assert remote.stdout.count("answered by tier 2 'aws-lambda'") == 3
+            np.testing.assert_array_equal(np.load(tmp_path / "remote.npz")["output_0"], expected)
     finally:
         _stop(server)
     down = subprocess.run([sys.executable, "-m", "splitc", "run", str(bundle3), "--input", str(tmp_path / "x.npy"),
@@ -121,7 +124,10 @@ def test_cli_user_errors_are_one_line(bundle3, tmp_path, capsys):
             (["serve", str(tmp_path), "--tier", "edge"], "is not a splitc bundle (no manifest.json)"),
             (["run", str(bundle3), "--input", str(tmp_path / "missing.npy")], "cannot read --input"),
             (["run", str(bundle3), "--input", str(tmp_path / "x.npy"), "--remote", "ftp://x"],
-             "is not an http://host:port URL")):
+             "is not an http://host:port or grpc://host:port URL"),
+            (["serve", str(bundle3), "--tier", "edge", "--server", "triton", "--next", "http://x:1"],
+             "--next works with splitc's server only"),
+            (["serve", str(bundle3), "--tier", "edge", "--design", "bls"], "apply to --server triton")):
         np.save(tmp_path / "x.npy", np.zeros((1, 3, 8, 8), np.float32))
         with pytest.raises(SystemExit) as info:
             main(argv)
