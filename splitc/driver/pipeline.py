@@ -249,9 +249,11 @@ def _verify(stage: Path, prepared: Prepared, options: CompileOptions, manifest: 
     if report.status != FAILED:
         check_reference(stage, manifest, report)
     report.samples = record["cases"]
-    accuracy, check = bundle_accuracy(stage, ctx)  # lossy knobs: held-out accuracy of the real bundle
-    if check is not None:
-        report.add(check)
+    accuracy = None
+    if report.status != FAILED:  # lossy knobs: held-out accuracy of the real bundle
+        accuracy, check = bundle_accuracy(stage, ctx)
+        if check is not None:
+            report.add(check)
     exits = None
     if report.status != FAILED and getattr(ctx, "exits", None) is not None and ctx.exits.chosen:
         exits = verify_exits(stage, ctx)  # exit semantics on held-out samples (raises on a mismatch)
