@@ -240,7 +240,8 @@ def main() -> None:
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+    from _provenance import write_results  # the commit and whether the tree was clean
+    write_results(out, payload)
     runtime = (f"{payload['machine']['gpu']}, eager torch {torch.__version__} CUDA {torch.version.cuda}, fp32, "
                f"BatchNorms folded into convs" if args.device == "cuda"
                else f"ONNX Runtime {onnxruntime.__version__}, threads {args.threads or 'default'}")

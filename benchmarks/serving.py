@@ -378,7 +378,8 @@ def main() -> None:
                   "max_requests": args.requests, "max_seconds": args.seconds},
               "loopback_load": load, "emulated_link": link}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+    from _provenance import write_results  # the commit and whether the tree was clean
+    write_results(args.out, report)
     print(f"wrote {args.out}")
 
 

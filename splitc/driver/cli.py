@@ -169,7 +169,8 @@ def cli() -> None:
 @click.option("--opset", default=17, show_default=True, help="ONNX opset of every partition (>= 17).")
 @click.option("--no-simplify", is_flag=True, help="Skip onnxsim.")
 @click.option("--no-verify", is_flag=True, help="Skip running the bundle in ONNX Runtime against PyTorch.")
-@click.option("--verify-samples", default=2, show_default=True, help="Random inputs used by verification.")
+@click.option("--verify-samples", default=8, show_default=True,
+              help="Verification cases: held-out --calib samples when given, else seeded random inputs.")
 @click.option("--dump-dir", type=click.Path(file_okay=False), help="Write the graph after every pass here.")
 @click.option("--emit", "emit", multiple=True, default=("auto",), show_default=True,
               help="Serving artifacts: auto (Triton repo for edge/cloud-vm tiers, TensorRT recipe for tensorrt "
