@@ -9,13 +9,16 @@ results JSON through :func:`write_results`, which adds a ``provenance`` object::
 
 ``provenance`` = ``{"commit", "clean", "dirty_files" (up to 20, when not clean), "branch",
 "command", "recorded_utc"}``; ``commit`` is None outside a git checkout (``clean`` then None).
-A payload that is a list is wrapped as ``{"rows": payload, "provenance": ...}``.
+A tracked file modified after the benchmark's process started also makes the tree not clean
+(the code that ran is then not the commit recorded). A payload that is a list is wrapped as
+``{"rows": payload, "provenance": ...}``.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -31,19 +34,38 @@ def _git(*args: str, root: Path) -> str | None:
         done = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.TimeoutExpired):
         return None
-    return done.stdout.strip() if done.returncode == 0 else None
+    return done.stdout.rstrip() if done.returncode == 0 else None  # not strip(): porcelain lines start with a space
 
 
-def provenance(root: Path = ROOT) -> dict[str, Any]:
-    """The commit, branch and cleanliness of the checkout at ``root``, the command and the time."""
-    commit = _git("rev-parse", "HEAD", root=root)
+def provenance(root: Path = ROOT, since: float | None = None) -> dict[str, Any]:
+    """The commit, branch and cleanliness of the checkout at ``root``, the command and the time.
+
+    Args:
+        since: tracked files modified after this time (default: when this process started) count as dirty.
+    """
+    commit = (_git("rev-parse", "HEAD", root=root) or "").strip() or None
     status = _git("status", "--porcelain", "--untracked-files=normal", root=root) if commit else None
     dirty = [line[3:] for line in status.splitlines()] if status else []
+    if commit:
+        dirty += [f"{name} (modified while the benchmark ran)" for name in _changed_since(root, since)
+                  if name not in dirty]
     return {"commit": commit, "clean": (not dirty) if commit else None,
             **({"dirty_files": dirty[:20]} if dirty else {}),
             "branch": _git("rev-parse", "--abbrev-ref", "HEAD", root=root) if commit else None,
             "command": " ".join(["python", *sys.argv]) if sys.argv and sys.argv[0] else None,
             "recorded_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+
+
+def _changed_since(root: Path, since: float | None) -> list[str]:
+    """Tracked files modified after ``since`` (default: this process's start, from /proc; elsewhere nothing)."""
+    started = since
+    if started is None:
+        try:
+            started = Path(f"/proc/{os.getpid()}").stat().st_ctime
+        except OSError:
+            return []
+    files = (_git("ls-files", root=root) or "").splitlines()
+    return [f for f in files if (root / f).is_file() and (root / f).stat().st_mtime > started]
 
 
 def write_results(path: str | Path, payload: Any, root: Path = ROOT) -> Path:
