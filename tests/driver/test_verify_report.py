@@ -99,3 +99,11 @@ def test_reference_cases_are_real_held_out_samples(tmp_path):
     with np.load(tmp_path / "b" / record["file"]) as data:
         stored = np.stack([data[f"{i}/x"] for i in range(record["cases"])])
     assert np.array_equal(stored.reshape(8, -1), guard.calib.inputs[0][guard.test[:8]].reshape(8, -1))
+
+
+def test_verify_samples_below_one_is_a_user_error(tmp_path, capsys):
+    model, _ = trained_digits()
+    code, _, err = run_cli(capsys, "compile", str(model), "--input-shape", "1,1,8,8", "-t", "jetson,cloud-gpu",
+                           "--verify-samples", "0", "-o", str(tmp_path / "b"))
+    assert code == 2 and "--verify-samples 0 leaves verification nothing to run" in err
+    assert not (tmp_path / "b").exists()
