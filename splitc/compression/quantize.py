@@ -232,17 +232,28 @@ def _resolution(model: onnx.ModelProto) -> dict[str, str]:
     return resolve
 
 
-def check_qdq_structure(shipped: onnx.ModelProto, float_model: onnx.ModelProto) -> None:
+def check_qdq_structure(shipped: onnx.ModelProto, float_model: onnx.ModelProto) -> dict[str, str]:
     """Check that ``shipped`` is ``float_model`` with QuantizeLinear/DequantizeLinear pairs inserted and nothing else.
 
-    Every other node must be the float export's node at the same position: same op, same
+    Every other node must be the float export's node computing the same tensor: same op, same
     attributes, inputs that resolve (through Q/DQ pairs) to the same tensors, and graph
-    outputs that resolve to the float export's outputs.
+    outputs that resolve to the float export's outputs. A quantized weight or bias may carry
+    a numbered name (onnxruntime quantizes an initializer shared by several nodes once per
+    node: ``b`` -> ``b0``, ``b1``, with its own scale each).
+
+    Returns:
+        each quantized initializer of ``shipped`` -> the float export's initializer it stands for.
 
     Raises:
         ReferenceError: with the first difference.
     """
+    import re
+
     resolve = _resolution(shipped)
+    shipped_inits = {i.name for i in shipped.graph.initializer}
+    float_inits = {i.name for i in float_model.graph.initializer}
+    quantized_source = {n.output[0]: n.input[0] for n in shipped.graph.node
+                        if n.op_type == "DequantizeLinear" and n.input[0] in shipped_inits}
     ours = [n for n in shipped.graph.node if n.op_type not in _QDQ]
     theirs = {o: n for n in float_model.graph.node if n.op_type not in _QDQ for o in n.output[:1]}
     if len(ours) != len(theirs) or [i.name for i in shipped.graph.input] != [i.name for i in float_model.graph.input]:
@@ -256,6 +267,7 @@ def check_qdq_structure(shipped: onnx.ModelProto, float_model: onnx.ModelProto) 
         tensor = resolve.get(tensor, tensor)
         return alias.get(tensor, tensor)
 
+    sources: dict[str, str] = {}
     seen = set()
     for a in ours:
         b = theirs.get(name(a.output[0]))
@@ -269,9 +281,17 @@ def check_qdq_structure(shipped: onnx.ModelProto, float_model: onnx.ModelProto) 
         if a.op_type != "Constant" and sorted(x.SerializeToString() for x in a.attribute) != \
                 sorted(x.SerializeToString() for x in b.attribute):
             raise ReferenceError(f"{a.op_type} '{a.name}' has other attributes than in the float export")
-        if [name(x) for x in a.input] != list(b.input):
-            raise ReferenceError(f"{a.op_type} '{a.name}' reads {[name(x) for x in a.input]} where the float export "
-                                 f"reads {list(b.input)}")
+        got = [name(x) for x in a.input]
+        for x, mine, want in zip(a.input, got, b.input):
+            quantized = quantized_source.get(x)
+            if quantized is not None and want in float_inits and re.fullmatch(re.escape(want) + r"\d*", mine):
+                if sources.setdefault(quantized, want) != want:
+                    raise ReferenceError(f"'{quantized}' stands for both '{sources[quantized]}' and '{want}'")
+            elif mine != want:
+                raise ReferenceError(f"{a.op_type} '{a.name}' reads {got} where the float export reads {list(b.input)}")
+        if len(got) != len(b.input):
+            raise ReferenceError(f"{a.op_type} '{a.name}' has {len(got)} inputs, the float export's {len(b.input)}")
+    return sources
 
 
 def fake_quant_reference(shipped: onnx.ModelProto, float_model: onnx.ModelProto) -> onnx.ModelProto:
@@ -295,7 +315,7 @@ def fake_quant_reference(shipped: onnx.ModelProto, float_model: onnx.ModelProto)
     from onnx import TensorProto, helper, numpy_helper
     from onnxruntime.quantization.quant_utils import quantize_data
 
-    check_qdq_structure(shipped, float_model)
+    sources = check_qdq_structure(shipped, float_model)
     floats = _initializers(float_model)
     float_constants = _constants(float_model)
     ref = copy.deepcopy(shipped)
@@ -305,9 +325,9 @@ def fake_quant_reference(shipped: onnx.ModelProto, float_model: onnx.ModelProto)
     for node in ref.graph.node:
         source = node.input[0] if node.op_type == "DequantizeLinear" else None
         if source in shipped_inits:
-            if not source.endswith(_QUANT_SUFFIX) or source[:-len(_QUANT_SUFFIX)] not in floats:
+            if sources.get(source) not in floats:
                 raise ReferenceError(f"quantized initializer '{source}' has no float source in the export")
-            value = floats[source[:-len(_QUANT_SUFFIX)]].astype(np.float32)
+            value = floats[sources[source]].astype(np.float32)
             if shipped_inits[source].dtype == np.int8:  # a weight: re-quantize by the same recipe
                 zero, scale, q = quantize_data(value.ravel(), TensorProto.INT8, True)
                 value = ((np.asarray(q, np.float32) - np.float32(zero)) * np.float32(scale)).reshape(value.shape)

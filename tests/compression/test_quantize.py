@@ -54,3 +54,58 @@ def test_quantized_partitions_keep_accuracy(tmp_path, mode):
     reference = "fake-quantized int8 reference" if mode == "int8" else "float16 tolerance"
     assert all(reference in checks[f"partition {i}"]["detail"] for i in range(len(manifest["partitions"])))
     assert all(checks[f"float export of partition {i}"]["status"] == "passed" for i in range(len(manifest["partitions"])))
+
+
+def _qdq_pair(tmp_path):
+    """A float ONNX model whose two convolutions share one (zero) bias initializer, and its int8 QDQ version."""
+    import numpy as np
+    import onnxsim
+    import torch
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(),
+                                torch.nn.Conv2d(8, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Flatten(),
+                                torch.nn.Linear(8 * 6 * 6, 4)).eval()
+    for conv in (model[0], model[2]):
+        torch.nn.init.zeros_(conv.bias)  # identical constants: the simplifier keeps one initializer for both
+    torch.onnx.export(model, (torch.zeros(1, 3, 6, 6),), str(tmp_path / "f.onnx"), input_names=["x"],
+                      output_names=["y"], opset_version=17, dynamo=False)
+    simplified, _ = onnxsim.simplify(onnx.load(str(tmp_path / "f.onnx")))
+    onnx.save(simplified, str(tmp_path / "f.onnx"))
+    rows = iter([{"x": np.random.default_rng(i).standard_normal((1, 3, 6, 6)).astype(np.float32)} for i in range(16)])
+
+    class Reader(CalibrationDataReader):
+        def get_next(self):
+            return next(rows, None)
+
+    quantize_static(str(tmp_path / "f.onnx"), str(tmp_path / "q.onnx"), Reader(), quant_format=QuantFormat.QDQ,
+                    activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, per_channel=False,
+                    extra_options={"ActivationSymmetric": True, "WeightSymmetric": True})
+    return onnx.load(str(tmp_path / "f.onnx")), onnx.load(str(tmp_path / "q.onnx"))
+
+
+def test_fake_quant_reference_of_shared_initializers_and_structure_changes(tmp_path):
+    import numpy as np
+    import onnxruntime as ort
+
+    from splitc.compression.quantize import (ReferenceError, check_qdq_structure, fake_quant_reference,
+                                             quantization_steps, reference_session)
+
+    float_model, shipped = _qdq_pair(tmp_path)
+    sources = check_qdq_structure(shipped, float_model)
+    assert len(set(sources.values())) < len(sources)  # one float bias stands behind two quantized copies
+    reference = reference_session(fake_quant_reference(shipped, float_model))
+    fused = ort.InferenceSession(shipped.SerializeToString(), providers=["CPUExecutionProvider"])
+    steps, count = quantization_steps(shipped)
+    assert count >= 4 and steps["y"] > 0
+    for i in range(8):
+        x = np.random.default_rng(100 + i).standard_normal((1, 3, 6, 6)).astype(np.float32)
+        got, want = fused.run(None, {"x": x})[0], reference.run(None, {"x": x})[0]
+        assert np.abs(got - want).max() <= 2 * steps["y"]  # integer kernels vs float Q/DQ: a step or two at most
+    changed = onnx.ModelProto()
+    changed.CopyFrom(shipped)
+    conv = next(n for n in changed.graph.node if n.op_type == "Conv")
+    next(a for a in conv.attribute if a.name == "pads").ints[:] = [0, 0, 0, 0]
+    with pytest.raises(ReferenceError, match="other attributes than in the float export"):
+        fake_quant_reference(changed, float_model)
