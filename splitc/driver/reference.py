@@ -40,7 +40,7 @@ import torch
 
 from splitc.compression.quantize import (ReferenceError, fake_quant_reference, fp16_rtol, neutralize_noise,
                                          quantization_steps, reference_session)
-from splitc.core.compare import FAILED, NOT_VERIFIED, PASSED, Check, Tolerance, TensorCheck
+from splitc.core.compare import FAILED, PASSED, Check, Tolerance, TensorCheck
 from splitc.core.loader import make_example_inputs
 
 __all__ = ["REFERENCE_FILE", "MAX_REFERENCE_BYTES", "PartitionReference", "reference_cases", "build_reference",
@@ -278,8 +278,3 @@ def _float_export_checks(checks: dict[int, dict[str, TensorCheck]]) -> list[Chec
                          f"the float ONNX export before quantization vs the PyTorch partition, same inputs: "
                          f"{worst.line()}", {"tensors": [c.to_dict() for c in tensors.values()]}))
     return out
-
-
-def not_verified(name: str, why: str) -> Check:
-    """A check that could not be made (never reported as passed)."""
-    return Check(name, NOT_VERIFIED, why)

@@ -431,8 +431,8 @@ def _original_model_check(bundle: Path, manifest: dict[str, Any], module: torch.
     if not given:  # the compile's held-out verdict stands only if there was one, and the numerics still match it
         status = SKIPPED if referenced and met else NOT_VERIFIED
         return Check("original model", status,
-                     f"a compressed or noised bundle is judged by accuracy on real inputs; random inputs say nothing "
-                     f"about it (pass --inputs with real samples, labels y optional)"
+                     "a compressed or noised bundle is judged by accuracy on real inputs; random inputs say nothing "
+                     "about it (pass --inputs with real samples, labels y optional)"
                      + (f"; at compile time: {recorded}" if recorded else
                         "; its accuracy was not measured at compile time either (no --calib)"))
     verdict = _accuracy_verdict(manifest, np.array(got_top), np.array(want_top), labels, source)
