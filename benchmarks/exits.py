@@ -105,7 +105,8 @@ def run(example: Path, out: Path | None, target: float) -> dict:
               "accuracy_target": target, "target_kind": "relative", "rows": rows}
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(report, indent=2) + "\n")
+        from _provenance import write_results  # the commit and whether the tree was clean
+        write_results(out, report)
         print(f"wrote {out}")
     return report
 

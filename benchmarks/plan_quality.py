@@ -92,8 +92,9 @@ def main() -> None:
     md = table(rows)
     print(md)
     out = Path(args.out)
-    out.write_text(json.dumps({"model": args.model, "tiers": TIERS, "rps": RPS, "rows": rows,
-                               "note": "predicted by the cost and price models, not measured"}, indent=2) + "\n")
+    from _provenance import write_results  # the commit and whether the tree was clean
+    write_results(out, {"model": args.model, "tiers": TIERS, "rps": RPS, "rows": rows,
+                        "note": "predicted by the cost and price models, not measured"})
     out.with_suffix(".md").write_text(
         f"Plan quality, {args.model}, {' -> '.join(TIERS)}, {RPS:g} requests/s (PREDICTED by the cost model; "
         f"ratios = chosen / baseline, < 1 is better). Command: `python benchmarks/plan_quality.py`.\n\n" + md + "\n")

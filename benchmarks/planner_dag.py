@@ -171,7 +171,8 @@ def main() -> None:
               "synthetic": synth, "models": models,
               "note": "timings on the machine named above; model latencies are predictions of the cost model"}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    from _provenance import write_results  # the commit and whether the tree was clean
+    write_results(args.out, result)
     print(f"wrote {args.out}")
 
 

@@ -215,7 +215,8 @@ def main() -> None:
         row["grid_png"] = row["grid_png"] and str(Path(row["grid_png"]).relative_to(out))
     payload = {"command": "python benchmarks/privacy.py" + (" --quick" if args.quick else ""),
                "attack_epochs": args.attack_epochs, "seconds": round(total, 1), "summary": summary, "rows": rows}
-    (out / "privacy.json").write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+    from _provenance import write_results  # the commit and whether the tree was clean
+    write_results(out / "privacy.json", payload)
     (out / "privacy.md").write_text(text + f"\n\nMeasured by `{payload['command']}` in {total:.0f} s.\n",
                                     encoding="utf-8")
     plot(rows, summary, out / "privacy.png")

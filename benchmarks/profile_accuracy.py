@@ -359,7 +359,8 @@ def main() -> None:
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+    from _provenance import write_results  # the commit and whether the tree was clean
+    write_results(out, payload)
     md = markdown(payload)
     out.with_suffix(".md").write_text(md, encoding="utf-8")
     print(md)

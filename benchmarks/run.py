@@ -817,7 +817,8 @@ def main(argv: list[str] | None = None) -> int:
     table = format_table(results)
     results["table_markdown"] = table
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    from _provenance import write_results  # the commit and whether the tree was clean
+    write_results(args.out, results)
     progress(f"done in {results['duration_s']:.0f}s; wrote {args.out}")
     print()
     print(table)

@@ -706,7 +706,8 @@ def main() -> None:
         if "resplit" in parts:
             report["live_resplit"] = resplit(bundles["variants"], args.rtt_ms / 2, args.per_phase, args.fallback)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+    from _provenance import write_results  # the commit and whether the tree was clean
+    write_results(args.out, report)
     print(f"wrote {args.out}")
 
 

@@ -6,9 +6,9 @@ of the sending partition turns the boundary tensor ``[N, C, H, W]`` into a code 
 code, and a decoder at the start of the receiving partition maps it back to
 ``[N, C, H, W]`` for the rest of the network, which is unchanged.
 
-* Encoder: one convolution ``C -> C'`` (1x1; 3x3 stride 2 when it also halves H, W).
-* Decoder: (nearest upsampling to ``H x W``), a convolution ``C' -> C`` (1x1, or 3x3
-  after upsampling), ReLU, a 1x1 ``C -> C``, and a final ReLU when the original
+* Encoder: one 3x3 convolution ``C -> C'`` (stride 2 when it also halves H, W).
+* Decoder: (nearest upsampling to ``H x W``), a 3x3 convolution ``C' -> C``, ReLU,
+  a 1x1 ``C -> C``, and a final ReLU when the original
   tensor is never negative on the calibration data (e.g. it follows a ReLU).
 * Training: the backbone is frozen, so its features at the cut are computed once on
   the training split of ``--calib`` and cached; the pair learns by reconstruction

@@ -27,7 +27,7 @@ class CompileOptions:
         opset: ONNX opset of every partition (>= 17).
         simplify: run onnxsim on each partition.
         verify: run the bundle in ONNX Runtime and compare with PyTorch before writing it.
-        verify_samples: random inputs used by verification.
+        verify_samples: verification cases: held-out calibration samples with --calib, else seeded random inputs.
         rtol, atol: tolerance of verification (relative to the output's scale; see verify.py).
         seed: RNG seed for factories' random init and example inputs.
         alternatives: how many next-best plans to record.
@@ -70,7 +70,7 @@ class CompileOptions:
     opset: int = 17
     simplify: bool = True
     verify: bool = True
-    verify_samples: int = 2
+    verify_samples: int = 8
     rtol: float = 1e-3
     atol: float = 1e-4
     seed: int = 0

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from splitc.core.accuracy import AccuracyTarget, Verdict
 from splitc.core.placement import PlanResult
 from splitc.planning.report import format_ms, format_plan_table
 from splitc.units import format_bytes
 
-__all__ = ["format_plan_report", "format_bundle_summary"]
+__all__ = ["format_plan_report", "format_bundle_summary", "accuracy_lines", "verification_lines"]
 
 
 def format_plan_report(manifest: dict[str, Any], plan: PlanResult) -> str:
@@ -49,11 +50,42 @@ def format_bundle_summary(manifest: dict[str, Any]) -> str:
         lines.append(f"exit {e['index']} at {e['node']} (partition {e['partition']}): answers when {e['score']} >= "
                      f"{e['threshold']:.4f}; exit rate {e['exit_rate']['test']:.1%} on held-out samples, pipeline "
                      f"accuracy {e['accuracy']['test']:.4f} ({e['accuracy']['reference']})")
-    verification = manifest.get("verification")
-    if verification:
-        lines.append(f"verified: {'passed' if verification['passed'] else 'FAILED'} on {verification['samples']} "
-                     f"sample(s), max abs error {verification['max_abs_error']:.3g}, "
-                     f"max relative error {verification['max_rel_error']:.3g}")
-    else:
-        lines.append("verified: no (compiled with --no-verify)")
+    lines += accuracy_lines(manifest)
+    lines += verification_lines(manifest)
     return "\n".join(lines)
+
+
+def accuracy_lines(manifest: dict[str, Any]) -> list[str]:
+    """Every accuracy verdict of the compile (``manifest["accuracy"]``), each with its rule and all its numbers."""
+    accuracy = manifest.get("accuracy")
+    if not accuracy:
+        return []
+    target = AccuracyTarget.from_dict(accuracy)
+    lines = [f"accuracy ({target.describe()}; {accuracy.get('metric', 'top-1')} on "
+             f"{accuracy.get('held_out_samples', 0)} held-out samples, original "
+             + (f"{accuracy['reference_accuracy']:.4f}" if accuracy.get("reference_accuracy") is not None else "-")
+             + "):"]
+    for v in accuracy.get("verdicts", []):
+        verdict = Verdict(v["step"], v["accuracy"], v["required"], v["margin"], v.get("margin_rule", "margin"),
+                          AccuracyTarget(v.get("accuracy_target", target.value),
+                                         v.get("target_kind", target.kind) == "absolute"),
+                          v.get("reference_accuracy"), v.get("samples", 0))
+        lines.append(f"  {verdict.line()}")
+    return lines
+
+
+def verification_lines(manifest: dict[str, Any]) -> list[str]:
+    """The compile-time verification: its verdict and one line per check."""
+    verification = manifest.get("verification")
+    if not verification:
+        return ["verified: no (compiled with --no-verify): 'splitc verify' can still compare it with the original "
+                "model, but a compressed bundle's numerics cannot be checked without reference values"]
+    status = verification.get("status", "passed" if verification["passed"] else "failed")
+    lines = [f"verified: {status.upper()} on {verification['samples']} sample(s)"
+             + (f" ({verification['inputs']})" if verification.get("inputs") else "")
+             + f", max abs error {verification['max_abs_error']:.3g}, max relative error "
+               f"{verification['max_rel_error']:.3g}"]
+    for check in verification.get("checks", []):
+        state = check["status"] if check["status"] == "passed" else check["status"].upper()
+        lines.append(f"  {check['name']}: {state}: {check['detail']}")
+    return lines

@@ -31,6 +31,9 @@ def validate_options(options: CompileOptions, *, compile: bool) -> list[Any]:
     if compile and options.workload != "inference":
         raise SplitcError(f"compile emits inference bundles; --workload {options.workload} is for 'splitc plan'",
                           "plan the split-learning step with: splitc plan --workload training")
+    if compile and options.verify and options.verify_samples < 1:
+        raise SplitcError(f"--verify-samples {options.verify_samples} leaves verification nothing to run",
+                          "give at least 1 (default 8), or --no-verify to skip verification")
     return [
         AccuracyTarget.from_options(options),
         PlanSettings.from_options(options),

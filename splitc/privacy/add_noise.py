@@ -30,19 +30,20 @@ The Laplace mechanism needs ``b = Delta_1 / epsilon`` with the L1 sensitivity
 formal guarantee is ``epsilon * 2 sqrt(D)`` (thousands for a feature map). It is a
 knob; the measured attack (``splitc/privacy/leakage.py``) says what it buys.
 
-Verification of a noised bundle (:func:`verify_noised_bundle`) cannot compare wire
-tensors with PyTorch value by value, so it checks the two halves apart:
+Verification of a noised bundle (``splitc/driver/verify.py``, statistics in
+:func:`noise_statistics`) cannot compare the noised wire tensors with a reference value by
+value, so it checks the two halves apart:
 
-* receiving tiers: the ONNX chain and the PyTorch partitions downstream get the *same*
-  received (noised) tensor; their outputs and later wire tensors must match within
-  ``rtol``/``atol`` as in an ordinary verification;
+* receiving tiers: fed the reference's clean clipped tensor (as every partition is fed its
+  reference inputs), their outputs and later wire tensors must match element-wise;
 * sending tier, statistically: the sender is run :data:`REPEATS` times per input and
-  its wire values are compared with PyTorch's clean clipped tensor. The residual
+  its wire values are compared with the reference's clean clipped tensor (the PyTorch
+  partition with the noise off, stored in the bundle's reference file). The residual
   ``n`` must be Laplace(b): ``mean |n|`` within a few standard errors of ``b``
   (``|n|`` is exponential with mean and standard deviation ``b``), and averaged over
   the repeats it must shrink to zero (RMS close to ``sqrt(2 / R) b``: a wrong clip or a
-  wrong partition leaves a bias); the repeats must differ (fresh noise), and PyTorch's
-  clean tensor must have norm ``<= C``.
+  wrong partition leaves a bias); the repeats must differ (fresh noise), and the clean
+  tensor must have norm ``<= C``.
 """
 
 from __future__ import annotations
@@ -51,7 +52,6 @@ import contextlib
 import logging
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
@@ -62,11 +62,10 @@ from splitc.core.accuracy import guard_of
 from splitc.core.passes.cut import append_joint_transform, refresh_examples
 from splitc.core.samples import run_chain
 from splitc.core.pass_manager import Pass, PassResult
-from splitc.core.compare import VerifyReport, compare_arrays
 from splitc.errors import SplitcError
 
-__all__ = ["AddNoisePass", "ClipLaplace", "NoiseSettings", "NoiseSetup", "NoiseVerifyReport", "joint_norms",
-           "verify_noised_bundle", "REPEATS"]
+__all__ = ["AddNoisePass", "ClipLaplace", "NoiseSettings", "NoiseSetup", "joint_norms", "noise_statistics",
+           "wire_to_float", "wire_step", "REPEATS", "SIGMAS"]
 
 log = logging.getLogger("splitc")
 
@@ -327,156 +326,45 @@ def _numel(part, names: list[str]) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
-# verification of a noised bundle
+# verification of a noised bundle: the sender's statistics (the driver runs the partitions)
 
 
-@dataclass
-class NoiseVerifyReport(VerifyReport):
-    """A :class:`~splitc.core.compare.VerifyReport` whose element-wise figures are the receiving
-    tiers' (same received tensor in ONNX and PyTorch); ``noise`` holds the sender's statistics."""
-
-    noise: dict[str, Any] = field(default_factory=dict)
-    failures: list[str] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**super().to_dict(), "method": "tier_by_tier_with_noise_statistics", "noise": self.noise,
-                **({"failures": list(self.failures)} if self.failures else {})}
-
-
-def verify_noised_bundle(bundle: str | Path, ctx, samples: int = 2, rtol: float = 1e-3, atol: float = 1e-4,
-                         seed: int = 1, repeats: int = REPEATS) -> NoiseVerifyReport:
-    """Check a bundle with ``add_noise`` against the compile's PyTorch partitions (see module docstring).
-
-    Args:
-        bundle: the (staged) bundle folder.
-        ctx: the compile context (partitions with the noise module, ``ctx.noise``).
-        samples: inputs checked: held-out calibration samples when there are some, else seeded random.
-        rtol, atol: element-wise tolerance of the receiving tiers (as :func:`~splitc.driver.verify.verify_bundle`).
-        seed: seed of the random inputs.
-        repeats: runs of the sending partition per input.
-    """
-    from splitc.runtime.runner import BundleRunner
-
-    setup: NoiseSetup = ctx.noise
-    runner = BundleRunner(bundle)
-    runner.use_exits = False  # the noise is on the full path; exits are checked by verify_exits
-    cases = _cases(ctx, samples, seed)
-    worst, failures = (0.0, 0.0, ""), []
-    residuals, averaged, clean_norms, raw_norms, differing, quant_err = [], [], [], [], [], 0.0
-    spec = {t["name"]: t for t in runner.manifest["transfers"][setup.link]["tensors"]}
-    for case in cases:
-        feeds = {s.name: a for s, a in zip(ctx.input_specs, case)}
-        outputs = runner.run(feeds)
-        for name, got, want in _receiving_pairs(runner, ctx, setup, outputs):
-            err, rel, ok = compare_arrays(got, want, rtol, atol)
-            if not ok:
-                failures.append(f"receiving tiers: '{name}' differs from PyTorch on the same received tensor by "
-                                f"{err:.3g} (relative {rel:.3g})")
-            if rel >= worst[1]:
-                worst = (err, rel, name)
-        clean, raw = _clean_clipped(ctx, setup, case)
-        clean_norms.append(float(joint_norms([c for c in clean]).max()))
-        raw_norms.append(float(joint_norms([r for r in raw]).max()))
-        runs = []
-        for _ in range(repeats):
-            wire = runner.run_partition(setup.partition, feeds)
-            decoded = [_wire_to_float(wire[n], spec[n]) for n in setup.tensors]
-            runs.append(np.concatenate([(d - c.numpy()).ravel() for d, c in zip(decoded, clean)]))
-        runs = np.stack(runs)
-        residuals.append(runs.ravel())
-        averaged.append(runs.mean(axis=0))
-        differing.append(float((runs[0] != runs[1]).mean()))
-        scale = max(float(np.abs(c.numpy()).max()) for c in clean)
-        quant_err = max(quant_err, max(_quant_half_step(spec[n], scale) for n in setup.tensors) + atol + rtol * scale)
-    noise = _noise_statistics(setup, np.concatenate(residuals), np.concatenate(averaged), repeats, quant_err,
-                              max(clean_norms), max(raw_norms), float(np.mean(differing)))
-    failures += noise.pop("failures")
-    passed = not failures
-    log.info("[verify] noise on link %d: mean |n| %.4g (b %.4g, allowed +-%.3g), averaged residual RMS %.4g "
-             "(expected %.4g, allowed %.4g), %.0f %% of elements differ run to run, clean norm %.4g <= C %.4g: %s",
-             setup.link, noise["mean_abs_noise"], setup.scale, noise["mean_abs_tolerance"],
-             noise["averaged_residual_rms"], noise["expected_averaged_rms"], noise["averaged_rms_limit"],
-             100 * noise["differing_share"], noise["clean_norm_max"], setup.clip_norm,
-             "passed" if passed else "FAILED")
-    return NoiseVerifyReport(passed, len(cases), worst[0], worst[1], rtol, atol, worst[2] or "(no receiving tier)",
-                             noise=noise, failures=failures)
-
-
-def _cases(ctx, samples: int, seed: int) -> list[list[np.ndarray]]:
-    """Held-out calibration inputs (real data: the clip is active as in serving), else seeded random inputs."""
-    from splitc.core.loader import make_example_inputs
-
-    guard = getattr(ctx, "accuracy", None)
-    if guard is not None:
-        index = guard.test[:samples]
-        return [[a[i:i + 1].reshape(s.shape) for s, a in zip(ctx.input_specs, guard.calib.inputs)] for i in index]
-    return [[t.numpy() for t in make_example_inputs(ctx.input_specs, seed=seed + i)] for i in range(samples)]
-
-
-def _receiving_pairs(runner, ctx, setup: NoiseSetup,
-                     outputs: dict[str, np.ndarray]) -> list[tuple[str, np.ndarray, np.ndarray]]:
-    """(name, ONNX value, PyTorch value) downstream of the noised link, both fed the tensor ONNX received.
-
-    Args:
-        outputs: the model outputs of the ONNX run whose received tensors ``runner.received`` holds.
-    """
-    from splitc.core.samples import run_partitions
-
-    received = {t["name"]: runner.received[t["name"]] for t in runner.manifest["transfers"][setup.link]["tensors"]}
-    downstream = [p for p in ctx.partitions if p.index > setup.partition]
-    with torch.no_grad():
-        values = run_partitions(downstream, list(received), [torch.from_numpy(np.array(v)) for v in received.values()])
-    values = {k: v.numpy() for k, v in values.items()}
-    pairs = [(o["name"], outputs[o["name"]], values[o["tensor"]]) for o in runner.manifest["model"]["outputs"]
-             if o["tensor"] in values and o["tensor"] not in received]
-    later = [t for tr in runner.manifest["transfers"] if tr["link"] > setup.link for t in tr["tensors"]]
-    pairs += [(f"wire tensor {t['name']}", runner.received[t["name"]], values[t["name"]]) for t in later
-              if t["name"] in values and t["name"] not in received]
-    return pairs
-
-
-def _clean_clipped(ctx, setup: NoiseSetup, case: list[np.ndarray]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """PyTorch's clipped tensors without noise, and the tensors before clipping, for one input."""
-    part = ctx.partitions[setup.partition]
-    module: ClipLaplace = part.graph_module.get_submodule(setup.attr)
-    seen: dict[str, list[torch.Tensor]] = {}
-    handle = module.register_forward_hook(
-        lambda _m, args, out: seen.update(raw=[a.detach().clone() for a in args], clean=[o.detach().clone() for o in out]))
-    inputs = dict(zip([s.name for s in ctx.input_specs], case))
-    try:
-        with module.clean(), torch.no_grad():
-            part.graph_module(*[torch.from_numpy(np.array(inputs[name])) for name in part.inputs])
-    finally:
-        handle.remove()
-    return seen["clean"], seen["raw"]
-
-
-def _wire_to_float(value: np.ndarray, spec: dict[str, Any]) -> np.ndarray:
-    """The float a wire value stands for (uint8 / float16 wire encodings decoded)."""
+def wire_to_float(value: np.ndarray, spec: dict[str, Any]) -> np.ndarray:
+    """The float a wire value stands for (uint8 / float16 wire encodings decoded); ``spec`` is the manifest tensor."""
     from splitc.runtime.encoding import dequantize_affine_uint8
 
-    if spec["encoding"]["kind"] == "affine_uint8":
-        return dequantize_affine_uint8(np.asarray(value), spec)
-    return np.asarray(value, dtype=np.float32)
+    if spec.get("encoding", {}).get("kind") == "affine_uint8":
+        return dequantize_affine_uint8(np.asarray(value), spec).astype(np.float64)
+    return np.asarray(value, dtype=np.float64)
 
 
-def _quant_half_step(spec: dict[str, Any], scale: float) -> float:
-    """Largest rounding error of the wire encoding (added to every residual)."""
-    kind = spec["encoding"]["kind"]
+def wire_step(spec: dict[str, Any], scale: float) -> float:
+    """Largest rounding step of a tensor's wire encoding, in float units (``scale``: the tensor's max magnitude)."""
+    kind = spec.get("encoding", {}).get("kind")
     if kind == "affine_uint8":
-        return 0.5 * float(np.max(spec["encoding"]["scale"]))
+        return float(np.max(spec["encoding"]["scale"]))
     if kind == "float16":
-        return scale * 2.0 ** -11
+        return scale * 2.0 ** -10
     return 0.0
 
 
-def _noise_statistics(setup: NoiseSetup, residual: np.ndarray, averaged: np.ndarray, repeats: int, slack: float,
-                      clean_norm: float, raw_norm: float, differing: float) -> dict[str, Any]:
-    """The sender's checks (see module docstring); ``failures`` lists the ones that did not hold.
+def noise_statistics(noise: dict[str, Any], link: int, residual: np.ndarray, averaged: np.ndarray, repeats: int,
+                     slack: float, clean_norm: float, norm_slack: float, differing: float) -> dict[str, Any]:
+    """The sending tier's checks (see the module docstring); ``failures`` lists those that did not hold.
 
-    ``slack`` bounds what is not noise in one residual element (wire rounding + ONNX vs PyTorch float error).
+    Args:
+        noise: the transfer's manifest ``noise`` object (``scale`` b, ``clip_norm`` C, ``tensors``).
+        link: the noised link.
+        residual: every (decoded wire value - clean clipped reference value) of every run.
+        averaged: the residual averaged over the ``repeats`` runs of each input.
+        slack: bound on what is not noise in one residual element (wire rounding of both sides and
+            the partition's own tolerance).
+        clean_norm: the largest joint L2 norm of the clean clipped reference; ``norm_slack`` what the
+            wire rounding may add to it.
+        differing: share of elements that differ between two runs on the same input.
     """
-    b = setup.scale
+    b = float(noise["scale"])
+    clip = float(noise["clip_norm"])
     n_all, d = residual.size, averaged.size
     mean_abs = float(np.abs(residual).mean())
     tol_abs = SIGMAS * b / math.sqrt(n_all) + slack  # |n| ~ Exponential(b): standard deviation b
@@ -490,17 +378,17 @@ def _noise_statistics(setup: NoiseSetup, residual: np.ndarray, averaged: np.ndar
                         f"(allowed +-{tol_abs:.3g} over {n_all} elements)")
     if rms > rms_limit:
         failures.append(f"sending tier: averaged over {repeats} runs the wire tensor is {rms:.4g} (RMS) away from "
-                        f"PyTorch's clean clipped tensor, more than noise explains ({rms_limit:.4g})")
+                        f"the clean clipped reference, more than noise explains ({rms_limit:.4g})")
     fresh = differing > 0 or b <= slack  # noise below the wire's rounding step need not show
     if not fresh:
         failures.append("sending tier: two runs on the same input gave the same wire tensor (the noise is not fresh)")
-    if clean_norm > setup.clip_norm * (1 + 1e-5) + 1e-6:
-        failures.append(f"sending tier: the clipped tensor's norm {clean_norm:.4g} exceeds C={setup.clip_norm:.4g}")
-    return {"link": setup.link, "tensors": list(setup.tensors), "repeats": repeats, "elements": int(n_all),
+    if clean_norm > clip * (1 + 1e-5) + 1e-6 + norm_slack:
+        failures.append(f"sending tier: the clipped reference's norm {clean_norm:.4g} exceeds C={clip:.4g}")
+    return {"link": link, "tensors": list(noise["tensors"]), "repeats": repeats, "elements": int(n_all),
             "scale_b": b, "mean_abs_noise": mean_abs, "mean_abs_tolerance": tol_abs,
             "mean_noise": float(residual.mean()), "averaged_residual_rms": rms, "expected_averaged_rms": expected_rms,
             "averaged_rms_limit": rms_limit, "differing_share": differing, "clean_norm_max": clean_norm,
-            "raw_norm_max": raw_norm, "clip_norm": setup.clip_norm,
-            "checked": ("receiving tiers element-wise on the received noised tensor; sender: mean |n| vs b, "
+            "clip_norm": clip,
+            "checked": ("receiving tiers element-wise on the clean reference tensor; sender: mean |n| vs b, "
                         "bias of the repeat-averaged residual, fresh noise per run, clipped norm <= C"),
             "failures": failures}

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from splitc.compression.settings import CompressionSettings, code_shape
+from splitc.compression.settings import CompressionSettings, code_shape, coder_flops
 from splitc.core.options import CompileOptions
 from splitc.errors import SplitcError
 from splitc.compression.insert_bottleneck import BottleneckDecoder, BottleneckEncoder
@@ -24,6 +24,26 @@ def test_encoder_decoder_shapes(stride):
     z = enc(x)
     assert list(z.shape) == code == [2, 4, 7 // stride + (7 % stride), 7 // stride + (7 % stride)]
     assert dec(z).shape == x.shape and float(dec(z).min().detach()) >= 0
+
+
+@pytest.mark.parametrize("shape,ratio,stride", [([1, 32, 14, 14], 0.125, 1), ([1, 32, 14, 14], 0.25, 2),
+                                                ([1, 64, 7, 7], 0.5, 1), ([2, 16, 9, 9], 0.25, 2)])
+def test_coder_flops_match_flop_counter_on_the_real_modules(shape, ratio, stride):
+    """The planner's price of a bottleneck is what PyTorch's FlopCounterMode counts on the encoder and decoder."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    code = code_shape(shape, ratio, stride)
+    encoder = BottleneckEncoder(shape[1], code[1], stride)
+    decoder = BottleneckDecoder(code[1], shape[1], tuple(shape[2:]), stride, non_negative=True)
+    counted = []
+    for module, x in ((encoder, torch.zeros(shape)), (decoder, torch.zeros(code))):
+        counter = FlopCounterMode(display=False)
+        with counter, torch.no_grad():
+            module(x)
+        counted.append(counter.get_total_flops())
+    assert coder_flops(shape, code) == tuple(counted)
+    n, c, h, w = shape
+    assert counted[0] == 2 * n * code[1] * code[2] * code[3] * c * 9  # the encoder's 3x3 convolution, never 1x1
 
 
 def test_bottleneck_plus_uint8_on_real_digits(tmp_path):

@@ -1,10 +1,16 @@
-"""Plan plots: PNG files are written from plain dicts, bad input is a clear user error."""
+"""Plan plots: PNG files are written from plain dicts and show the data given; bad input is a clear user error.
+
+Each test checks the PNG (its size, that it is not blank, that the front / chosen colours are drawn)
+and the figure that was saved (the points and lines on each panel are exactly the data given).
+"""
 
 from __future__ import annotations
 
 import matplotlib.image
 import numpy as np
 import pytest
+from matplotlib.colors import to_rgb
+from matplotlib.figure import Figure
 
 from splitc.planning.plots import _staircase, plot_bandwidth_variants, plot_pareto
 from splitc.errors import SplitcError
@@ -41,30 +47,90 @@ def _is_png(path) -> bool:
     return path.read_bytes()[:8] == PNG_MAGIC
 
 
-def test_pareto_png_with_privacy(tmp_path):
+@pytest.fixture
+def saved(monkeypatch) -> list[Figure]:
+    """Every Figure the plot functions save, to read back what was drawn."""
+    figures: list[Figure] = []
+    real = Figure.savefig
+
+    def savefig(self, *args, **kwargs):
+        figures.append(self)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", savefig)
+    return figures
+
+
+def _image(path, width: int, height: int) -> np.ndarray:
+    """The PNG's RGB pixels, checked to be the figure's size at 120 dpi and not a blank canvas."""
+    assert _is_png(path)
+    image = matplotlib.image.imread(path)[..., :3]
+    assert image.shape[:2] == (height, width), image.shape
+    assert (image < 0.95).mean() > 0.01 and image.std() > 0.05  # something was drawn
+    return image
+
+
+def _pixels(image: np.ndarray, colour: str) -> int:
+    """How many pixels have (nearly) this colour."""
+    return int((np.abs(image - np.array(to_rgb(colour))).max(axis=-1) < 0.03).sum())
+
+
+def _scattered(ax) -> list[tuple[float, float]]:
+    """Every scatter point of a panel (dominated, front, chosen), as (x, y)."""
+    return [tuple(map(float, xy)) for c in ax.collections for xy in c.get_offsets()]
+
+
+def _expected(points: list[dict], key: str) -> list[tuple[float, float]]:
+    return [(p["latency_s"] * 1e3, float(p[key])) for p in points
+            if p.get(key) is not None and np.isfinite(p[key]) and np.isfinite(p["latency_s"])]
+
+
+def _same_points(got: list, want: list) -> bool:
+    return len(got) == len(want) and np.allclose(np.array(sorted(got)), np.array(sorted(want)))
+
+
+def test_pareto_png_with_privacy(tmp_path, saved):
     points = _points()
     chosen = next(i for i, p in enumerate(points) if p["pareto"])
     out = plot_pareto(points, tmp_path / "report" / "pareto.png", chosen=chosen)
-    assert out == tmp_path / "report" / "pareto.png" and _is_png(out)
-    image = matplotlib.image.imread(out)
-    assert image.shape[0] > 300 and image.shape[1] > 600
-    assert image[..., :3].std() > 0.05  # something was drawn, not a blank canvas
+    assert out == tmp_path / "report" / "pareto.png"
+    image = _image(out, 11 * 120, int(4.5 * 120))
+    assert _pixels(image, "tab:blue") > 100 and _pixels(image, "tab:red") > 20  # the front and the chosen star
+    figure = saved[-1]
+    assert figure._suptitle.get_text() == f"24 plans, {sum(p['pareto'] for p in points)} on the Pareto front"
+    cost_ax, privacy_ax = figure.axes
+    for ax, key in ((cost_ax, "usd_per_million"), (privacy_ax, "dcor")):
+        dots = _scattered(ax)
+        star = dots.pop()  # the chosen plan, drawn last
+        assert star == pytest.approx((points[chosen]["latency_s"] * 1e3, points[chosen][key]))
+        assert _same_points(dots, _expected(points, key))  # every plan, nothing else
+        front = ax.collections[1].get_offsets()
+        assert len(front) == sum(p["pareto"] for p in points)
 
 
-def test_pareto_png_without_privacy_and_chosen_by_label(tmp_path):
+def test_pareto_png_without_privacy_and_chosen_by_label(tmp_path, saved):
     points = _points(with_dcor=False)
     out = plot_pareto(points, tmp_path / "pareto.png", chosen=points[5]["label"])
-    assert _is_png(out)
+    _image(out, 11 * 120, int(4.5 * 120))
+    cost_ax, privacy_ax = saved[-1].axes
+    assert _scattered(cost_ax)[-1] == pytest.approx((points[5]["latency_s"] * 1e3, points[5]["usd_per_million"]))
+    assert not privacy_ax.axison and "privacy not evaluated" in privacy_ax.texts[0].get_text()
+    assert len(privacy_ax.collections) == 0  # nothing plotted where there is no data
 
 
-def test_pareto_png_skips_unknown_and_infinite_values(tmp_path):
+def test_pareto_png_skips_unknown_and_infinite_values(tmp_path, saved):
     points = _points()
     points[0]["usd_per_million"] = float("inf")  # e.g. a FaaS partition that does not fit
     points[1]["dcor"] = None
     points[2]["usd_per_million"] = None  # cost not evaluated for this one
-    assert _is_png(plot_pareto(points, tmp_path / "pareto.png", chosen=0))
+    _image(plot_pareto(points, tmp_path / "pareto.png", chosen=0), 11 * 120, int(4.5 * 120))
+    cost_ax, privacy_ax = saved[-1].axes
+    assert _same_points(_scattered(cost_ax), _expected(points, "usd_per_million"))
+    assert len(_scattered(cost_ax)) == 22 and "(2 plan(s) without a finite value not shown)" in cost_ax.get_title()
+    assert len(_scattered(privacy_ax)) == 23 + 1  # 23 plans with a leakage value, plus the chosen star
     no_cost = [{**p, "usd_per_million": None} for p in points]
-    assert _is_png(plot_pareto(no_cost, tmp_path / "no-cost.png"))
+    _image(plot_pareto(no_cost, tmp_path / "no-cost.png"), 11 * 120, int(4.5 * 120))
+    assert not saved[-1].axes[0].axison and "cost not evaluated" in saved[-1].axes[0].texts[0].get_text()
 
 
 def test_staircase_is_the_2d_front():
@@ -76,7 +142,7 @@ def test_staircase_is_the_2d_front():
     assert np.all(np.diff(x[stairs]) > 0) and np.all(np.diff(y[stairs]) < 0)
 
 
-def test_bandwidth_variants_png(tmp_path):
+def test_bandwidth_variants_png(tmp_path, saved):
     bw = np.geomspace(1e6, 1e8, 40)
     variants = [
         {"label": "device only", "bandwidths_bps": bw.tolist(), "latency_s": [0.2] * bw.size,
@@ -87,7 +153,18 @@ def test_bandwidth_variants_png(tmp_path):
          "range_bps": [3e7, 1e8]},
     ]
     out = plot_bandwidth_variants(variants, tmp_path / "bandwidth.png")
-    assert _is_png(out)
+    image = _image(out, 8 * 120, int(4.5 * 120))
+    ax = saved[-1].axes[0]
+    assert ax.get_title() == "3 plan(s) optimal across the range, 2 switch point(s)"
+    lines = [line for line in ax.get_lines() if line.get_linestyle() != ":"]
+    assert len(lines) == 6  # per plan: the whole sweep (thin) and its optimal range (thick)
+    for v, (sweep, optimal) in zip(variants, zip(lines[::2], lines[1::2])):
+        assert np.allclose(sweep.get_xdata(), bw) and np.allclose(sweep.get_ydata(), np.array(v["latency_s"]) * 1e3)
+        inside = (bw >= v["range_bps"][0]) & (bw <= v["range_bps"][1])
+        assert np.allclose(optimal.get_xdata(), bw[inside]) and optimal.get_linewidth() > sweep.get_linewidth()
+        assert _pixels(image, optimal.get_color()) > 50  # the thick line is really drawn in its colour
+    switches = sorted(float(line.get_xdata()[0]) for line in ax.get_lines() if line.get_linestyle() == ":")
+    assert switches == pytest.approx([4e6, 3e7])
 
 
 @pytest.mark.parametrize("empty", [[], None, ()])
