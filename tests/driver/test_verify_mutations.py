@@ -140,15 +140,16 @@ def _compile_with(monkeypatch, tmp_path: Path, index: int | None, edit, after_qu
 
         monkeypatch.setattr(pipeline, "quantize_partitions", quantize)
     else:
-        real_export = pipeline.export_partition
+        real_export = pipeline.export_partitions
 
-        def export(part, path, **kwargs):
-            result = real_export(part, path, **kwargs)
-            if part.index == index:
-                _edit_file(Path(path), edit)
+        def export(partitions, paths, **kwargs):
+            result = real_export(partitions, paths, **kwargs)
+            for part, path in zip(partitions, paths):
+                if part.index == index:
+                    _edit_file(Path(path), edit)
             return result
 
-        monkeypatch.setattr(pipeline, "export_partition", export)
+        monkeypatch.setattr(pipeline, "export_partitions", export)
     out = tmp_path / "compiled"
     with pytest.raises(SplitcError, match="verification failed") as failure:
         compile_digits(out, **options)
