@@ -77,8 +77,8 @@ def load_inputs(path: str | Path, specs: list[InputSpec]) -> list[list[np.ndarra
 
 def verify_bundle(bundle: str | Path, module: torch.nn.Module | None = None, inputs: str | Path | None = None,
                   samples: int = 2, rtol: float = 1e-3, atol: float = 1e-4, seed: int = 0,
-                  boundary_reference: Callable[[list[np.ndarray]], dict[str, np.ndarray]] | None = None
-                  ) -> VerifyReport:
+                  boundary_reference: Callable[[list[np.ndarray]], dict[str, np.ndarray]] | None = None,
+                  check_exits: bool = True) -> VerifyReport:
     """Compare the bundle's chained ONNX partitions with the PyTorch model.
 
     Args:
@@ -91,6 +91,9 @@ def verify_bundle(bundle: str | Path, module: torch.nn.Module | None = None, inp
         boundary_reference: optional function giving PyTorch's value of every boundary tensor
             for an input case; then every tensor that crosses a link is compared too, which
             catches a wrong partition even when the model's outputs carry no signal.
+        check_exits: compare every exit decision with the original model and the recorded heads
+            (``splitc verify``); the compile checks them against its own partitions instead
+            (:func:`splitc.exits.verify_exits.verify_exits`).
     """
     manifest = load_manifest(bundle)
     _check_files(Path(bundle), manifest)
@@ -122,12 +125,32 @@ def verify_bundle(bundle: str | Path, module: torch.nn.Module | None = None, inp
     if lossy:
         passed &= agreement_ok(manifest, agree)
     exits = None
-    if manifest.get("exits") and all("weights" in e.get("head", {}) for e in manifest["exits"]):
-        from splitc.exits.heads import check_exit_semantics  # early exits: decisions vs PyTorch
+    if manifest.get("exits") and check_exits:  # early exits: every decision vs PyTorch; unable to check = failure
+        from splitc.exits.verify_exits import QUANTIZED_TOLERANCES, check_exit_semantics
 
-        exits = check_exit_semantics(bundle, manifest, module, cases)
+        loose = manifest.get("options", {}).get("quantize", "none") != "none"
+        exits = check_exit_semantics(bundle, manifest, module, cases,
+                                     extra_cases=lambda: _calibration_cases(manifest, specs),
+                                     **(QUANTIZED_TOLERANCES if loose else {}))
         passed &= exits["passed"]
     return VerifyReport(passed, len(cases), worst[0], worst[1], rtol, atol, worst[2], exits)
+
+
+#: calibration inputs ``splitc verify`` adds (from the compile's --calib, when the file is still there) when the
+#: given inputs leave an exit's decision unexercised
+CALIBRATION_CASES = 300
+
+
+def _calibration_cases(manifest: dict[str, Any], specs: list[InputSpec]) -> list[list[np.ndarray]]:
+    """The first :data:`CALIBRATION_CASES` inputs of the compile's ``--calib`` file, if it still exists."""
+    path = manifest.get("options", {}).get("calib")
+    if not path or not Path(path).is_file():
+        return []
+    try:
+        cases = load_inputs(Path(path), specs)
+    except SplitcError:
+        return []
+    return cases[:CALIBRATION_CASES]
 
 
 def _warn_if_constant(outputs: list[tuple[str, np.ndarray, np.ndarray]]) -> None:
