@@ -324,8 +324,15 @@ def verify(bundle, inputs, samples, rtol, atol, seed) -> None:
                f"(rtol {rtol:g}, atol {atol:g}; worst output {report.worst_output})")
     if report.exits:  # early exits: numerics above ran with exits off; this compares exit decisions with PyTorch
         e = report.exits
-        click.echo(f"exits: {e['exited']} of {e['samples']} sample(s) exited early; {e['mismatches']} decision(s) differ "
-                   f"from PyTorch ({e['borderline']} borderline)" if e["checked"] else f"exits: not checked ({e['reason']})")
+        if not e["checked"]:
+            click.echo(f"exits: NOT VERIFIED ({e['reason']})")
+        else:
+            line = (f"exits: {e['exited']} of {e['samples']} sample(s) exited early; {e['mismatches']} decision(s) differ "
+                    f"from PyTorch ({e['borderline']} borderline); confidences within {e.get('max_score_diff', 0):.2g}")
+            line += "".join(f"; {m}" for m in e.get("threshold_mismatches", []))
+            missing = [f"exit {c['exit']} never {'taken' if not c['taken'] else 'passed on'}"
+                       for c in e.get("coverage", []) if not (c["taken"] and c["continued"])]
+            click.echo(line + (f"; NOT fully verified: {', '.join(missing)}" if missing else ""))
     if not report.passed:
         raise SystemExit(1)
 
