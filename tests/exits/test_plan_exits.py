@@ -214,3 +214,29 @@ def test_the_brute_force_cases_are_not_trivial():
     kept = [count for runs in CHOSEN.values() for count, _ in runs]
     assert sum(1 for c in kept if c > 0) >= len(kept) // 2
     assert len({cuts for runs in CHOSEN.values() for _, cuts in runs}) >= 3
+
+
+def test_splitc_plan_with_exits_and_the_cost_objective_on_a_hybrid_chain(capsys):
+    """`splitc plan MODEL --calib ... --exits auto --objective cost --target c6i-large,aws-lambda` works: exits and
+    cuts are chosen for cost, and the plan reports the cost, both quantiles and the latency distribution."""
+    import json
+
+    from tests.cli import run_cli
+    from tests.digits_model import trained_digits
+
+    model, calib = trained_digits()
+    code, out, err = run_cli(capsys, "plan", str(model), "--calib", str(calib), "--exits", "auto", "--objective",
+                             "cost", "--target", "c6i-large,aws-lambda", "--rps", "50", "--slo-ms", "50",
+                             "--slo-quantile", "p99", "--json")
+    assert code == 0, err
+    plan = json.loads(out)
+    assert plan["objective"] == "cost" and plan["objective_settings"]["slo_applies_to"] == "p99"
+    predicted = plan["predicted"]
+    assert predicted["p99_s"] <= 0.05 and predicted["p50_s"] <= predicted["p99_s"]
+    assert plan["cost"]["usd_per_million"] > 0
+    spread = predicted["latency_distribution"]
+    assert len(spread) >= 2 and sum(d["share"] for d in spread) == pytest.approx(1.0)  # exits kept: bimodal
+    assert [d["latency_s"] for d in spread] == sorted(d["latency_s"] for d in spread)
+    code, out, _ = run_cli(capsys, "plan", str(model), "--calib", str(calib), "--exits", "auto", "--objective",
+                           "cost", "--target", "c6i-large,aws-lambda", "--rps", "50")
+    assert code == 0 and "latency distribution (warm):" in out and "cost:" in out
