@@ -286,6 +286,25 @@ def _words(r: dict) -> str:
             f"p99 {r['p99_s'] * 1e3:.2f} ms)")
 
 
+def summary(report: dict) -> str:
+    """A markdown table of every row (the README quotes a selection): placement, $/M each way, saving, p50/p99."""
+    lines = ["| model | req/s (x one c6i.large with exits) | SLO | c6i-large,aws-lambda: plan | $/M | p50 / p99 ms | "
+             "c6i-xlarge $/M | saving (calibration / held-out exit rates) |", "|---|---|---|---|---|---|---|---|"]
+    for model in report["models"]:
+        short = model["model"].split(" (")[0]
+        for row in model["rows"]:
+            a, b = row["hybrid"], row["single_vm"]
+            slo = "-" if row["slo_ms"] is None else f"{row['slo_quantile']} <= {row['slo_ms']:.2f} ms"
+            plan = a["placement"] if a["feasible"] else "no plan meets the SLO"
+            cost = f"{a['usd_per_million']:.4g}" if a["feasible"] else "-"
+            times = f"{a['p50_s'] * 1e3:.2f} / {a['p99_s'] * 1e3:.2f}" if a["feasible"] else "-"
+            other = f"{b['usd_per_million']:.4g}" if b["feasible"] else "infeasible"
+            saving = (f"{row['saving']:.1%} / {row['saving_held_out_rates']:.1%}" if "saving" in row else "-")
+            lines.append(f"| {short} | {row['rps']:.4g} ({row['capacity_multiple']:.3g}x) | {slo} | {plan} | {cost} | "
+                         f"{times} | {other} | {saving} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=str(ROOT / "benchmarks/results/hybrid_cost.json"))
@@ -304,7 +323,10 @@ def main() -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {out}")
+    table = summary(report)
+    out.with_suffix(".md").write_text(table + "\n")
+    print(table)
+    print(f"wrote {out} and {out.with_suffix('.md')}")
 
 
 if __name__ == "__main__":
