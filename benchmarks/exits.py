@@ -48,12 +48,13 @@ SCENARIOS = [*SINGLE, (("raspberry-pi-4", "edge-cpu"), ("stem_2",)), (("raspberr
 
 
 def git_state() -> dict:
-    """The commit the figures come from and whether the tree had uncommitted changes."""
+    """The commit the figures come from and whether the tree had uncommitted changes (result files aside: a
+    benchmark that ran before this one has just rewritten its own)."""
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
                                 timeout=10).stdout.strip() or None
-        dirty = bool(subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True,
-                                    timeout=10).stdout.strip())
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--", ".", ":!benchmarks/results"], cwd=ROOT,
+                                    capture_output=True, text=True, timeout=10).stdout.strip())
         return {"git_commit": commit, "git_dirty": dirty}
     except (OSError, subprocess.SubprocessError):
         return {"git_commit": None, "git_dirty": None}
