@@ -111,3 +111,25 @@ def test_wrong_shaped_calibration_data(mnist, tmp_path) -> None:
     options = CompileOptions(targets=("pi", "edge"), exits=("auto",), calib=str(tmp_path / "bad.npz"))
     with pytest.raises(SplitcError, match=r"has shape \[100, 3, 28, 28\]"):
         compile_model(str(mnist / "mnist_cnn.pt"), options, tmp_path / "bundle", input_shapes=[(1, 1, 28, 28)])
+
+
+@pytest.mark.slow
+def test_splitc_plan_keeps_exits_for_cost_on_the_hybrid_chain(mnist, capsys) -> None:
+    """`splitc plan MODEL --calib ... --exits auto --objective cost --target c6i-large,aws-lambda`: at a rate that
+    needs the VM, exits inside it lower its load; the plan reports the multimodal latency distribution."""
+    import json
+
+    from tests.cli import run_cli
+
+    code, out, err = run_cli(capsys, "plan", str(mnist / "mnist_cnn.pt"), "--calib", str(mnist / "calib.npz"),
+                             "--exits", "auto", "--objective", "cost", "--target", "c6i-large,aws-lambda",
+                             "--rps", "3000", "--json")
+    assert code == 0, err
+    plan = json.loads(out)
+    spread = plan["predicted"]["latency_distribution"]
+    assert len(spread) >= 2 and sum(d["share"] for d in spread) == pytest.approx(1.0)  # exits kept: multimodal
+    assert [d["latency_s"] for d in spread] == sorted(d["latency_s"] for d in spread)
+    assert plan["predicted"]["p50_s"] < plan["predicted"]["p99_s"] and plan["cost"]["usd_per_million"] > 0
+    code, out, _ = run_cli(capsys, "plan", str(mnist / "mnist_cnn.pt"), "--calib", str(mnist / "calib.npz"),
+                           "--exits", "auto", "--objective", "cost", "--target", "c6i-large,aws-lambda", "--rps", "3000")
+    assert code == 0 and "latency distribution (warm):" in out
