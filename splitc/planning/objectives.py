@@ -20,7 +20,9 @@ ranks best at each boundary (the result says ``exhaustive: false``). For each pl
 * ``p50_s`` / ``p99_s``: quantiles of the per-request latency. The latency model is
   deterministic per path, so quantiles only differ from the mean through early exits
   (requests leave at different tiers) and FaaS cold starts (a share of requests pays
-  the cold start); network jitter and queueing are not modelled. The SLO applies to p50;
+  the cold start); network jitter and queueing are not modelled. The SLO applies to p50 or, with
+  ``--slo-quantile p99``, to p99; ``latency_distribution`` lists where requests end (each exit,
+  inside a tier or at its end, then the model's end) with the share and warm latency of each;
 * ``usd_per_request``: sum over tiers of (share of requests reaching the tier) x (that
   tier's price per request at ``rps x reach``);
 * ``dcor``: max over used links of the leakage at the link's cut (None without a privacy
@@ -34,7 +36,7 @@ comparable across units (ms, dollars, correlation) and independent of the model'
 taking the range over the front, not over every plan, keeps absurd plans (a cut that
 ships a huge tensor) from stretching the scale. A weight of 0 ignores an objective.
 
-**Constraints**: each tier's memory (always), ``--slo-ms`` on p50, ``--max-dcor`` on
+**Constraints**: each tier's memory (always), ``--slo-ms`` on p50 or p99, ``--max-dcor`` on
 leakage. When a constraint removes every plan the error says the best reachable value.
 """
 
