@@ -53,7 +53,9 @@ class CompileOptions:
         objective: what the planner minimises (``--objective``): latency, cost, privacy, or
             weighted (``weights``); see planning/objectives.py.
         weights: ``name=value`` pairs of the weighted objective (``--weights latency=1,cost=0.5``).
-        slo_ms: latency SLO on the predicted p50 (``--slo-ms``); None = no SLO.
+        slo_ms: latency SLO on the predicted quantile ``slo_quantile`` (``--slo-ms``); None = no SLO.
+        slo_quantile: which predicted latency quantile ``slo_ms`` bounds (``--slo-quantile``): ``p50``
+            (default) or ``p99`` (early exits and FaaS cold starts make the distribution multimodal).
         rps: request rate the monetary cost assumes (``--rps``): VM utilisation and FaaS volume.
         max_dcor: privacy constraint (``--max-dcor``): distance correlation between the input and
             what crosses the first used link must not exceed this; None = no constraint.
@@ -93,6 +95,7 @@ class CompileOptions:
     objective: str = "latency"
     weights: tuple[str, ...] = ()
     slo_ms: float | None = None
+    slo_quantile: str = "p50"
     rps: float = 10.0
     max_dcor: float | None = None
     bandwidth_range: str | None = None

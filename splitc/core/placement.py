@@ -32,7 +32,7 @@ from typing import Any, Callable
 import numpy as np
 
 __all__ = ["ChainProblem", "ChainSolution", "evaluate_cuts", "LinkSpec", "PlanChoice", "PlanResult", "Planner",
-           "ProblemAdjuster"]
+           "ProblemAdjuster", "Assessment", "Scorer"]
 
 
 @dataclass(frozen=True)
@@ -206,8 +206,9 @@ class PlanChoice:
         latency_s: end-to-end predicted latency (expected over requests when there are exits).
         reach: with early exits, the share of requests reaching each tier (empty without exits).
         metrics: the other objectives of this plan (:meth:`splitc.planning.objectives.PlanMetrics.row`):
-            p50_s, p99_s, usd_per_request, usd_per_million, tier_usd_per_request, dcor; empty when
-            not evaluated.
+            p50_s, p99_s, usd_per_request, usd_per_million, tier_usd_per_request, dcor and
+            latency_distribution (where requests end -- each exit, then the end -- with the share
+            and the warm latency of each); empty when not evaluated.
     """
 
     cuts: tuple[int, ...]
@@ -239,6 +240,7 @@ class PlanChoice:
                 "memory_bytes": list(self.memory_bytes),
                 **({"reach": list(self.reach)} if self.reach else {}),
                 **({"p50_s": m["p50_s"], "p99_s": m["p99_s"]} if "p50_s" in m else {}),
+                **({"latency_distribution": m["latency_distribution"]} if m.get("latency_distribution") else {}),
             },
             **extra,
         }
@@ -300,6 +302,30 @@ class PlanResult:
         return out
 
 
+@dataclass(frozen=True)
+class Assessment:
+    """The plan the planner would choose for one problem, and how good it is (see :meth:`Planner.scorer`).
+
+    Attributes:
+        cuts: the chosen cuts (the forced ones with ``--split``).
+        key: lexicographic score, lower is better: ``(constraint violation, scaled objective, expected
+            latency, cost)``; comparable between problems scored by one scorer, so a capability can
+            compare its own knob settings (e.g. exit thresholds) under the compile's objective.
+        feasible: the plan meets memory and every constraint (``--slo-ms``, ``--max-dcor``).
+        values: the plan's objectives: ``latency_s`` (expected), ``p50_s``, ``p99_s``,
+            ``usd_per_request`` (None without price models), ``dcor`` (None without a privacy profile).
+    """
+
+    cuts: tuple[int, ...]
+    key: tuple[float, ...]
+    feasible: bool
+    values: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
+
+
+#: ``problem -> Assessment``: the compile's objective and constraints on a scale fixed once (:meth:`Planner.scorer`).
+Scorer = Callable[["ChainProblem"], Assessment]
+
+
 #: A capability's contribution to the planning problem: ``(problem, gm, ctx) -> problem``
 #: (compression: wire bytes and coder time of its knobs). The driver lists them for the plan pass.
 ProblemAdjuster = Callable[[ChainProblem, Any, Any], ChainProblem]
@@ -328,6 +354,18 @@ class Planner(abc.ABC):
     @abc.abstractmethod
     def forced_cuts(self, ctx: Any, problem: ChainProblem) -> tuple[int, ...]:
         """The cut indices of ``--split``, checked."""
+
+    @abc.abstractmethod
+    def scorer(self, ctx: Any, reference: ChainProblem) -> Scorer:
+        """Score problems under the compile's objective and constraints, on a scale fixed by ``reference``.
+
+        The returned function gives, for a problem (e.g. ``reference`` re-weighted by the reach of
+        some exit thresholds), the plan the plan pass would choose and an :class:`Assessment` whose
+        ``key`` orders problems: plans violating a constraint (memory, SLO, leakage) rank by how
+        far they miss it, the others by the objective scaled with ``reference``'s feasible Pareto
+        front. The exits' threshold search uses it, so exits and cuts are planned jointly for every
+        objective and constraint without the exits importing the planning package.
+        """
 
     @abc.abstractmethod
     def replan(self, gm: Any, ctx: Any) -> None:

@@ -127,7 +127,11 @@ def _objective_flags(func):
         click.option("--weights", "weights", multiple=True,
                      help="Weighted objective, e.g. latency=1,cost=0.5,privacy=0 (each scaled to [0, 1] over the "
                           "feasible plans; see docs/planner.md)."),
-        click.option("--slo-ms", type=float, help="Latency SLO on the predicted p50 in ms (plans above it are dropped)."),
+        click.option("--slo-ms", type=float,
+                     help="Latency SLO in ms on the predicted --slo-quantile (plans above it are dropped)."),
+        click.option("--slo-quantile", default="p50", show_default=True,
+                     help="Which predicted latency quantile --slo-ms bounds: p50 or p99 (early exits and FaaS cold "
+                          "starts make the latency distribution multimodal; both are reported)."),
         click.option("--rps", default=10.0, show_default=True, type=float,
                      help="Request rate the monetary cost assumes (VM utilisation, FaaS volume)."),
         click.option("--max-dcor", type=float,
@@ -144,7 +148,7 @@ def _objective_flags(func):
 
 def _objective_settings(flags: dict) -> dict:
     """Pop the objective flags out of ``flags`` (the CompileOptions fields)."""
-    out = {key: flags.pop(key) for key in ("objective", "slo_ms", "rps", "max_dcor", "bandwidth_range")}
+    out = {key: flags.pop(key) for key in ("objective", "slo_ms", "slo_quantile", "rps", "max_dcor", "bandwidth_range")}
     out["weights"] = _split_csv(flags.pop("weights"))
     return out
 

@@ -24,7 +24,9 @@ from splitc.core.passes.profile import FLOPS, OUT_BYTES
 __all__ = ["SCHEMA_VERSION", "build_manifest", "validate_manifest", "manifest_schema", "tensor_entry",
            "tier_dir_names"]
 
-SCHEMA_VERSION = "1.0"
+#: 1.1: ``tiers[i].partitions`` (a tier cut into segments around its early exits runs several partitions, in
+#: order; ``tiers[i].partition`` stays the first, for 1.0 readers), ``partitions[].segment``, exits inside a tier.
+SCHEMA_VERSION = "1.1"
 
 
 @lru_cache(maxsize=1)
@@ -95,7 +97,7 @@ def build_manifest(*, ctx, gm: torch.fx.GraphModule, loaded, traced, exported: l
         "partitions": [_partition_entry(p, e, nodes, ctx, tier_dirs) for p, e in zip(ctx.partitions, exported)],
         "transfers": _transfers(plan, ctx, nodes, producer),
         "exits": _exits(ctx),
-        **({"exit_calibration": {k: v for k, v in ctx.exits.summary.items() if k != "tensor_names"}}
+        **({"exit_calibration": dict(ctx.exits.summary)}
            if getattr(ctx, "exits", None) is not None and ctx.exits.chosen else {}),
         "plan": {**plan.to_dict(), **({"compression": ctx.compression.to_dict()} if ctx.compression is not None else {})},
         "alternatives": [alt.to_dict() for alt in plan.alternatives],
@@ -112,7 +114,7 @@ def _exits(ctx) -> list[dict[str, Any]]:
         return []
     from splitc.exits.heads import exits_manifest
 
-    return exits_manifest(setup, ctx.partitions, setup.summary["tensor_names"], "output_0")
+    return exits_manifest(setup, ctx.partitions, setup.tensor_names, "output_0")
 
 
 def _model_section(gm, nodes, loaded, traced, ctx) -> dict[str, Any]:
@@ -135,17 +137,44 @@ def _model_section(gm, nodes, loaded, traced, ctx) -> dict[str, Any]:
 
 
 def _tier_entry(index: int, target, ctx, folder: str) -> dict[str, Any]:
-    part = next((p.index for p in ctx.partitions if p.tier_index == index), None)
+    parts = [p.index for p in ctx.partitions if p.tier_index == index]
     return {"index": index, "name": folder, "requested": ctx.options.targets[index], "target": target.to_dict(),
-            "partition": part}
+            "partition": parts[0] if parts else None, "partitions": parts}
+
+
+def _segment_compute(part, ctx, nodes) -> float:
+    """Predicted compute of one partition, expected per request like the plan's per-tier figure.
+
+    A tier that runs one partition gets the plan's figure for the tier. A tier cut into segments
+    shares its figure among them in proportion to each segment's predicted node times weighted by
+    the share of requests still running at each node (the exits before it).
+    """
+    tier_total = ctx.plan_result.best.compute_s[part.tier_index]
+    siblings = [p for p in ctx.partitions if p.tier_index == part.tier_index]
+    if len(siblings) == 1:
+        return tier_total
+    from splitc.exits.heads import node_reach
+    from splitc.targets.cost_model import node_times
+
+    target = ctx.tiers[part.tier_index]
+    reach = node_reach(getattr(ctx, "exits", None), ctx.candidates)
+
+    def weighted(p) -> float:
+        members = [nodes[n] for n in ctx.candidates.nodes[p.start:p.end]]
+        return float((node_times(members, target) * reach[p.start:p.end]).sum())
+
+    total = sum(weighted(p) for p in siblings)
+    return tier_total * weighted(part) / total if total > 0 else 0.0
 
 
 def _partition_entry(part, exported, nodes, ctx, tier_dirs) -> dict[str, Any]:
     members = ctx.candidates.nodes[part.start:part.end]
+    segment = sum(1 for p in ctx.partitions if p.tier_index == part.tier_index and p.index < part.index)
     return {
         "index": part.index,
         "tier": tier_dirs[part.tier_index],
         "tier_index": part.tier_index,
+        "segment": segment,
         "file": exported["file"],
         "sha256": exported["sha256"],
         "format": "onnx",
@@ -158,7 +187,7 @@ def _partition_entry(part, exported, nodes, ctx, tier_dirs) -> dict[str, Any]:
         "nodes": {"first": members[0], "last": members[-1], "count": len(members)},
         "flops": int(sum(nodes[n].meta.get(FLOPS, 0) for n in members)),
         "parameter_bytes": int(part.param_bytes),
-        "predicted_compute_s": ctx.plan_result.best.compute_s[part.tier_index],
+        "predicted_compute_s": _segment_compute(part, ctx, nodes),
         "warnings": exported["warnings"],
     }
 

@@ -33,13 +33,15 @@ def format_bundle_summary(manifest: dict[str, Any]) -> str:
     transfers = {t["from_tier"]: t for t in manifest["transfers"]}
     for tier in manifest["tiers"]:
         target = tier["target"]
-        part = manifest["partitions"][tier["partition"]] if tier["partition"] is not None else None
-        if part:
-            what = (f"{part['file']}: nodes {part['nodes']['first']} .. {part['nodes']['last']} "
-                    f"({part['nodes']['count']}), {part['flops'] / 1e9:.2f} GFLOPs, "
-                    f"{format_bytes(part['parameter_bytes'])} params, predicted {format_ms(part.get('predicted_compute_s'))} ms")
-        else:
-            what = "runs nothing (relays)"
+        indices = tier.get("partitions", [] if tier["partition"] is None else [tier["partition"]])
+        whats = []
+        for index in indices:  # a tier cut into segments around its exits runs several partitions, in order
+            part = manifest["partitions"][index]
+            whats.append(f"{part['file']}: nodes {part['nodes']['first']} .. {part['nodes']['last']} "
+                         f"({part['nodes']['count']}), {part['flops'] / 1e9:.2f} GFLOPs, "
+                         f"{format_bytes(part['parameter_bytes'])} params, predicted "
+                         f"{format_ms(part.get('predicted_compute_s'))} ms")
+        what = "; then ".join(whats) if whats else "runs nothing (relays)"
         lines.append(f"tier {tier['index']} {tier['name']} [{target['kind']}, {target['backend']}]: {what}")
         if tier["index"] in transfers:
             t = transfers[tier["index"]]

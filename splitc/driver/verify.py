@@ -467,16 +467,42 @@ def _exits_check(bundle: Path, manifest: dict[str, Any], module: torch.nn.Module
                  report: VerifyReport) -> Check:
     if not all("weights" in e.get("head", {}) for e in manifest["exits"]):
         return Check("exits", NOT_VERIFIED, "the bundle holds no exit head weights (exits/exit<i>.npz)")
-    from splitc.exits.heads import check_exit_semantics  # early exits: decisions vs PyTorch
+    from splitc.exits.verify_exits import QUANTIZED_TOLERANCES, check_exit_semantics  # decisions vs PyTorch
 
-    exits = check_exit_semantics(bundle, manifest, module, cases)
+    specs = [InputSpec(s["name"], tuple(s["shape"]), s["dtype"]) for s in manifest["model"]["inputs"]]
+    loose = manifest.get("options", {}).get("quantize", "none") != "none"  # the reference is the float model
+    exits = check_exit_semantics(bundle, manifest, module, cases,
+                                 extra_cases=lambda: _calibration_cases(manifest, specs),
+                                 **(QUANTIZED_TOLERANCES if loose else {}))
     report.exits = exits
     if not exits.get("checked", True):
         status = FAILED if not exits.get("passed", False) else NOT_VERIFIED
         return Check("exits", status, f"not checked: {exits.get('reason', 'unknown reason')}")
-    return Check("exits", PASSED if exits["passed"] else FAILED,
-                 f"{exits['exited']} of {exits['samples']} sample(s) exited early; {exits['mismatches']} decision(s) "
-                 f"differ from PyTorch ({exits['borderline']} borderline)")
+    detail = (f"{exits['exited']} of {exits['samples']} sample(s) exited early; {exits['mismatches']} decision(s) "
+              f"differ from PyTorch ({exits['borderline']} borderline); confidences within "
+              f"{exits.get('max_score_diff', 0):.2g}" + "".join(f"; {m}" for m in exits.get("threshold_mismatches", [])))
+    missing = [f"exit {c['exit']} never {'taken' if not c['taken'] else 'passed on'}"
+               for c in exits.get("coverage", []) if not (c["taken"] and c["continued"])]
+    if exits["passed"] and missing:  # a decision never exercised is not verified
+        return Check("exits", NOT_VERIFIED, f"{detail}; not fully exercised: {', '.join(missing)}")
+    return Check("exits", PASSED if exits["passed"] else FAILED, detail)
+
+
+#: calibration inputs ``splitc verify`` adds (from the compile's --calib, when the file is still there) when the
+#: given inputs leave an exit's decision unexercised
+CALIBRATION_CASES = 300
+
+
+def _calibration_cases(manifest: dict[str, Any], specs: list[InputSpec]) -> list[list[np.ndarray]]:
+    """The first :data:`CALIBRATION_CASES` inputs of the compile's ``--calib`` file, if it still exists."""
+    path = manifest.get("options", {}).get("calib")
+    if not path or not Path(path).is_file():
+        return []
+    try:
+        cases = load_inputs(Path(path), specs)
+    except SplitcError:
+        return []
+    return cases[:CALIBRATION_CASES]
 
 
 def _warn_if_constant(outputs: list[tuple[str, np.ndarray]]) -> None:

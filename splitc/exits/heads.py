@@ -16,12 +16,14 @@ Steps (all on the calibration data of ``--calib``):
    candidate and the final logits (the teacher), so training is an MLP on vectors;
 3. training on the ``train`` split: self-distillation (KL to the final logits at
    temperature 2) plus cross-entropy when labels exist;
-4. thresholds (:func:`choose_exits`): coordinate descent over a grid of thresholds
-   per exit ("never" included, which removes the exit), minimising the exit-aware
-   planner's expected latency subject to accuracy ``>= target`` on the ``calibrate``
-   split; exits only fire where a partition ends (the runtime checks them after a
-   tier ran its partition), so an exit that is not at a chosen cut is dropped and
-   the plan re-solved until both agree;
+4. thresholds (:func:`choose_exits`): a search over a grid of thresholds per exit
+   ("never" included, which removes the exit), every setting scored by the planner
+   (``ctx.planner.scorer``) under the compile's objective and constraints -- expected
+   latency, cost, leakage or their weighted sum, with ``--slo-ms`` (p50 or p99),
+   ``--max-dcor`` and memory -- subject to accuracy ``>= target`` on the ``calibrate``
+   split. An exit may sit anywhere: the tier running its node is cut into segments
+   there (:mod:`splitc.core.passes.cut`), so an exit inside a device-only plan saves the
+   device's compute;
 5. the reported accuracy and exit rates are measured on the ``test`` split, never
    on samples used for training or for choosing thresholds.
 
@@ -35,6 +37,7 @@ predictions (accuracy = agreement, the full model scores 1). With
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -49,14 +52,14 @@ from splitc.core.accuracy import AccuracyTarget, Verdict, binomial_margin
 from splitc.core.determinism import derive_seed, seeded
 from splitc.core.graph import model_output_names
 from splitc.core.passes.profile import FLOPS, IS_TENSOR
-from splitc.core.placement import evaluate_cuts
 from splitc.core.progress import progress
-from splitc.core.samples import ValueCapture, run_samples
+from splitc.core.samples import run_samples
 from splitc.errors import SplitcError
 
 __all__ = ["ExitHead", "ExitConfidence", "ExitCandidate", "ExitSetup", "ChosenExit", "SCORE",
            "check_classifier", "pick_candidates", "train_exit_candidates", "choose_exits", "exits_manifest",
-           "position_reach", "AUTO_CANDIDATES", "SPLITS"]
+           "position_reach", "node_reach", "plan_exits", "inserted_problem", "outcome", "AUTO_CANDIDATES", "SPLITS",
+           "EXHAUSTIVE_COMBINATIONS"]
 
 log = logging.getLogger("splitc")
 
@@ -147,6 +150,9 @@ class ExitSetup:
     classes: int
     chosen: list[ChosenExit] = field(default_factory=list)
     summary: dict[str, Any] = field(default_factory=dict)
+    tensor_names: dict[str, tuple[str, str]] = field(default_factory=dict)  # node -> (logits, confidence) in the graph
+    inserted: bool = False  # insert_exits ran: the kept exits are graph nodes; a re-plan keeps them
+    head_files: dict[str, dict[str, str]] = field(default_factory=dict)  # node -> {"file", "sha256"} in the bundle
 
 
 def check_classifier(gm: torch.fx.GraphModule) -> int:
@@ -196,6 +202,10 @@ def pick_candidates(gm: torch.fx.GraphModule, candidates, requested: tuple[str, 
                                   f"(shape {list(meta.shape) if meta is not None else 'not a tensor'})",
                                   "pick a node whose output is [1, C], [1, T, C] or [1, C, H, W]")
             position = candidates.index_of(name) - 1
+            cut = candidates.cuts[position + 1]
+            if position + 1 < len(nodes) and not cut.legal:  # the tier holding the exit is cut there (a segment)
+                raise SplitcError(f"--exits node '{name}': the tier's partition cannot be cut after it ({cut.reason})",
+                                  "pick a neighbouring node")
             picked.append((name, position, float(fraction[position])))
         return sorted(set(picked), key=lambda p: p[1])
     eligible = [i for i, n in enumerate(nodes[:-1])
@@ -320,6 +330,19 @@ def position_reach(n: int, positions: list[int], betas: list[float]) -> np.ndarr
     return np.clip(reach, 0.0, 1.0)
 
 
+def node_reach(setup: ExitSetup | None, candidates) -> np.ndarray:
+    """``[n+1]`` share of requests still running at each position of the graph *after* ``insert_exits``.
+
+    Each kept exit acts right after its confidence node, with its exit rate on the calibrate split;
+    all ones without exits.
+    """
+    n = len(candidates.nodes)
+    if setup is None or not setup.chosen or not setup.tensor_names:
+        return np.ones(n + 1)
+    positions = [candidates.index_of(setup.tensor_names[c.candidate.node][1]) - 1 for c in setup.chosen]
+    return position_reach(n, positions, [c.beta_calibrate for c in setup.chosen])
+
+
 def _weighted(problem, setup: ExitSetup, active: list[int], betas: np.ndarray):
     """The planner problem with reach weights and the active exits' head costs (on the tier holding the node)."""
     import dataclasses
@@ -332,40 +355,53 @@ def _weighted(problem, setup: ExitSetup, active: list[int], betas: np.ndarray):
     return dataclasses.replace(problem, node_time=node_time, reach=reach)
 
 
-def _consistent_plan(problem, setup: ExitSetup, thresholds: list[float], index: np.ndarray,
-                     solve: Callable) -> tuple[float, list[int], tuple[int, ...], np.ndarray, Any]:
-    """Plan with the exits of ``thresholds``; drop exits that are not at a chosen cut, re-plan, until stable.
-
-    Returns (expected latency, active exits, cuts, betas, weighted problem).
-    """
-    thr = list(thresholds)
-    while True:
-        _, betas, _ = outcome(setup, thr, index)
-        active = [e for e, t in enumerate(thr) if np.isfinite(t)]
-        weighted = _weighted(problem, setup, active, betas)
-        cuts, latency = solve(weighted)
-        working = [c for c in cuts if c < problem.n]  # cuts followed by work downstream
-        stray = [e for e in active if setup.candidates[e].position + 1 not in working]
-        if not stray:
-            return latency, active, cuts, betas, weighted
-        for e in stray:
-            thr[e] = np.inf
+#: joint threshold settings tried exhaustively (every combination of every exit's grid) up to this many;
+#: beyond, coordinate descent (a few rounds over one exit at a time)
+EXHAUSTIVE_COMBINATIONS = 512
 
 
-def choose_exits(problem, setup: ExitSetup, solve: Callable) -> tuple[Any, tuple[int, ...]]:
-    """Thresholds (and so which exits stay) minimising expected latency under the accuracy constraint.
+@dataclass
+class _Trial:
+    thresholds: list[float]
+    assessment: Any  # splitc.core.placement.Assessment
+    active: list[int]
+    betas: np.ndarray
+    weighted: Any
+
+
+def _trial(problem, setup: ExitSetup, thresholds: list[float], index: np.ndarray, assess: Callable) -> _Trial:
+    """Score one threshold setting: its exit rates on ``index``, the reach-weighted problem, the planner's verdict."""
+    _, betas, _ = outcome(setup, thresholds, index)
+    active = [e for e, t in enumerate(thresholds) if np.isfinite(t) and betas[e] > 0]  # an exit never taken only costs
+    weighted = _weighted(problem, setup, active, betas)
+    return _Trial(list(thresholds), assess(weighted), active, betas, weighted)
+
+
+def choose_exits(problem, setup: ExitSetup, assess: Callable, grid: int = _GRID,
+                 exhaustive_limit: int = EXHAUSTIVE_COMBINATIONS) -> tuple[Any, Any]:
+    """Thresholds (and so which exits stay) that give the best plan under the compile's objective and constraints.
+
+    Every setting is scored by ``assess`` -- the planner's :meth:`~splitc.core.placement.Planner.scorer`:
+    the plan it would choose for the problem weighted by the setting's reach, and a key on a fixed
+    scale (constraint violation, then the objective). Exits may sit anywhere (a tier holding an
+    exit is cut into segments there), so any setting is consistent with any cuts and the plan for a
+    given setting is exact where the planner is. Settings are searched exhaustively when there are
+    at most ``exhaustive_limit`` combinations, else by coordinate descent from "no exit".
 
     Args:
-        problem: the planner's :class:`~splitc.planning.chain.ChainProblem` without exits.
+        problem: the planner's :class:`~splitc.core.placement.ChainProblem` without exits.
         setup: trained candidates (``head_time`` filled in).
-        solve: ``weighted problem -> (cuts, expected latency)``: the exact DP, or the forced cuts evaluated.
+        assess: ``problem -> Assessment``.
+        grid: thresholds per exit (quantiles of its confidence on the calibrate split; "never" added).
 
     Returns:
-        The weighted problem of the chosen exits and its cuts; fills ``setup.chosen`` and ``setup.summary``.
+        The weighted problem of the chosen exits and its assessment; fills ``setup.chosen`` and ``setup.summary``.
 
     Raises:
         SplitcError: the target is above what the full model reaches (says what is reachable).
     """
+    import itertools
+
     cal, test = setup.splits["calibrate"], setup.splits["test"]
     _, _, full_cal = outcome(setup, [np.inf] * len(setup.candidates), cal)
     _, _, full_test = outcome(setup, [np.inf] * len(setup.candidates), test)
@@ -376,29 +412,51 @@ def choose_exits(problem, setup: ExitSetup, solve: Callable) -> tuple[Any, tuple
         raise SplitcError(f"--accuracy-target {setup.target.value:g} cannot be met: the full model's {what} on the "
                           f"held-out calibration samples is {full_cal:.4f}, the most any exit setting reaches",
                           f"ask for at most {full_cal:.4f}" + ("" if setup.target.absolute else " (relative: at most 1)"))
-    grids = [np.unique(np.concatenate([[np.inf], np.quantile(c.confidence[cal], np.linspace(0, 1, _GRID))]))
+    grids = [np.unique(np.concatenate([[np.inf], np.quantile(c.confidence[cal], np.linspace(0, 1, grid))]))
              for c in setup.candidates]
-    thr = [np.inf] * len(setup.candidates)
-    best = _consistent_plan(problem, setup, thr, cal, solve)[0]
-    for _ in range(3):
-        improved = False
-        for e, grid in enumerate(grids):
-            for value in grid:
-                trial = thr[:e] + [float(value)] + thr[e + 1:]
-                accuracy, _, _ = outcome(setup, trial, cal)
-                if accuracy < need + margin - 1e-12:
-                    continue
-                latency = _consistent_plan(problem, setup, trial, cal, solve)[0]
-                if latency < best * (1 - 1e-9):
-                    best, thr, improved = latency, trial, True
-        if not improved:
-            break
-    latency, active, cuts, betas, weighted = _consistent_plan(problem, setup, thr, cal, solve)
-    thr = [t if e in active else np.inf for e, t in enumerate(thr)]
+
+    def allowed(thresholds: list[float]) -> bool:
+        return outcome(setup, thresholds, cal)[0] >= need + margin - 1e-12
+
+    best = _trial(problem, setup, [np.inf] * len(setup.candidates), cal, assess)
+    combinations = math.prod(len(g) for g in grids)
+    if combinations <= exhaustive_limit:
+        for values in itertools.product(*grids):
+            trial = list(map(float, values))
+            if allowed(trial):
+                candidate = _trial(problem, setup, trial, cal, assess)
+                if candidate.assessment.key < best.assessment.key:
+                    best = candidate
+    else:
+        for _ in range(3):
+            improved = False
+            for e, values in enumerate(grids):
+                for value in values:
+                    trial = best.thresholds[:e] + [float(value)] + best.thresholds[e + 1:]
+                    if trial == best.thresholds or not allowed(trial):
+                        continue
+                    candidate = _trial(problem, setup, trial, cal, assess)
+                    if candidate.assessment.key < best.assessment.key:
+                        best, improved = candidate, True
+            if not improved:
+                break
+    thr = [t if e in best.active else np.inf for e, t in enumerate(best.thresholds)]
+    if thr != best.thresholds:  # an exit no calibration sample takes: drop it
+        best = _trial(problem, setup, thr, cal, assess)
+    _record(setup, best, need, margin, full_cal, full_test, combinations <= exhaustive_limit)
+    return best.weighted, best.assessment
+
+
+def _record(setup: ExitSetup, best: _Trial, need: float, margin: float, full_cal: float, full_test: float,
+            exhaustive: bool) -> None:
+    """Fill ``setup.chosen`` and ``setup.summary`` (the manifest's ``exit_calibration``) and log the verdict."""
+    cal, test = setup.splits["calibrate"], setup.splits["test"]
+    thr = best.thresholds
     acc_cal, _, _ = outcome(setup, thr, cal)
     acc_test, beta_test, _ = outcome(setup, thr, test)
-    setup.chosen = [ChosenExit(setup.candidates[e], float(thr[e]), float(betas[e]), float(beta_test[e]))
-                    for e in active]
+    setup.chosen = [ChosenExit(setup.candidates[e], float(thr[e]), float(best.betas[e]), float(beta_test[e]))
+                    for e in best.active]
+    values = best.assessment.values
     setup.summary = {
         "reference": setup.reference, "target": setup.target.value, "target_kind": setup.target.kind,
         "required_accuracy_calibrate": need, "safety_margin_calibrate": margin, "required_accuracy_test": required_accuracy(setup, full_test),
@@ -409,6 +467,8 @@ def choose_exits(problem, setup: ExitSetup, solve: Callable) -> tuple[Any, tuple
                         "alone_accuracy_test": float(np.mean(c.prediction[test] == setup.truth[test]))}
                        for c in setup.candidates],
         "met_on_test": bool(acc_test >= required_accuracy(setup, full_test) - 1e-12),
+        "search": {"exhaustive": exhaustive, "objective_key": [float(k) for k in best.assessment.key],
+                   "planned": {k: (None if v is None else float(v)) for k, v in values.items()}},
     }
     verdict = Verdict("exit thresholds (calibrate split)", acc_cal, need, margin,
                       f"{MARGIN_SE:g} binomial standard error(s) on {len(cal)} samples", setup.target, full_cal, len(cal))
@@ -418,7 +478,6 @@ def choose_exits(problem, setup: ExitSetup, solve: Callable) -> tuple[Any, tuple
         log.warning("[exits] the exit-enabled accuracy on the held-out test split (%.4f) is below the target (%.4f); "
                     "the thresholds were chosen on %d samples: give more calibration data", acc_test,
                     required_accuracy(setup, full_test), len(cal))
-    return weighted, cuts
 
 
 def exits_manifest(setup: ExitSetup | None, partitions, names: dict[str, tuple[str, str]],
@@ -443,17 +502,31 @@ def exits_manifest(setup: ExitSetup | None, partitions, names: dict[str, tuple[s
             "exit_rate": {"calibrate": chosen.beta_calibrate, "test": chosen.beta_test},
             "head": {"pooling_grid": chosen.candidate.head.grid, "flops": int(chosen.candidate.head_flops),
                      "feature_shape": list(chosen.candidate.head.feature_shape),
-                     **({"weights": setup.summary["head_files"][node]} if "head_files" in setup.summary else {})},
+                     **({"weights": setup.head_files[node]} if node in setup.head_files else {})},
             "accuracy": {"test": setup.summary["accuracy"]["test"], "reference": setup.reference},
         })
     return out
+
+
+def inserted_problem(problem, candidates, setup: ExitSetup):
+    """The problem of a graph that already holds the kept exits (a re-plan after ``insert_exits``).
+
+    The head nodes are part of the graph (their times are in ``problem``); each exit acts after
+    its confidence node with its calibrate exit rate. Nothing is chosen again.
+    """
+    import dataclasses
+
+    return dataclasses.replace(problem, reach=node_reach(setup, candidates))
 
 
 def plan_exits(problem, gm, ctx) -> Any:
     """Choose the exits' thresholds jointly with the cuts; returns the reach-weighted problem for the plan pass.
 
     The exits' contribution to the plan pass (a :data:`~splitc.core.placement.ProblemAdjuster`, handed in
-    by the driver); the cuts are solved through ``ctx.planner``.
+    by the driver). Each threshold setting is scored by ``ctx.planner.scorer`` under the compile's
+    objective and constraints (latency, cost, privacy, weights, ``--slo-ms`` on p50 or p99,
+    ``--max-dcor``, memory), with ``--split`` cuts when forced. Once ``insert_exits`` has run (a
+    capability re-plans, e.g. a rejected bottleneck), the kept exits are only re-weighted.
 
     Args:
         problem: the plan pass's problem without exits.
@@ -463,176 +536,18 @@ def plan_exits(problem, gm, ctx) -> Any:
     setup = getattr(ctx, "exits", None)
     if setup is None:
         return problem
-    planner = ctx.planner
-    if len(ctx.tiers) == 1:
-        log.warning("[exits] a single tier runs the whole model: an exit could only fire after it, so none is kept")
-        setup.chosen, setup.summary = [], {}
-        return problem
-    if ctx.options.split:
-        fixed = planner.forced_cuts(ctx, problem)
-
-        def solve(weighted):
-            return fixed, float(evaluate_cuts(weighted, fixed)["total"])
-    else:
-        def solve(weighted):
-            solution = planner.solve(weighted)
-            return solution.cuts, solution.latency
+    if setup.inserted:
+        return inserted_problem(problem, ctx.candidates, setup)
     try:
-        weighted, cuts = choose_exits(problem, setup, solve)
+        assess = ctx.planner.scorer(ctx, problem)
     except ValueError:  # no plan fits memory: the plan pass words that error
         return problem
+    weighted, assessment = choose_exits(problem, setup, assess)
     kept = {c.candidate.node for c in setup.chosen}
     dropped = [c.node for c in setup.candidates if c.node not in kept]
     log.info("[exits] kept %s; %s", ", ".join(f"{c.candidate.node} (threshold {c.threshold:.4f}, exit rate "
                                                   f"{c.beta_calibrate:.1%})" for c in setup.chosen) or "no exit",
-             f"not useful at the chosen cuts: {', '.join(dropped)}" if dropped else "all candidates kept")
+             f"not worth their cost under the objective: {', '.join(dropped)}" if dropped else "all candidates kept")
     return weighted if setup.chosen else problem
 
 
-def verify_exits(bundle, ctx) -> dict[str, Any]:
-    """Exit semantics in ONNX Runtime vs PyTorch on the held-out test split of the calibration data.
-
-    Runs every test sample through the bundle with exits on (the reference runner) and
-    compares, per sample, which exit answered and the predicted class with the PyTorch
-    exit-enabled model (the same heads on the backbone's features). Samples whose
-    confidence lies within 1e-4 of a threshold are counted as borderline, not as errors.
-
-    Raises:
-        SplitcError: ONNX Runtime takes another exit or predicts another class on a
-            non-borderline sample.
-    """
-    from splitc.runtime.runner import BundleRunner
-
-    setup = ctx.exits
-    test = setup.splits["test"]
-    runner = BundleRunner(bundle)
-    order = {c.candidate.node: i for i, c in enumerate(setup.chosen)}
-    spy_exit_taken, taken = runner.exit_taken, []
-
-    def spy(partition_index, held):
-        found = spy_exit_taken(partition_index, held)
-        if found is not None:
-            taken.append(order[found["node"]])
-        return found
-
-    runner.exit_taken = spy
-    names = [s.name for s in ctx.input_specs]
-    out_name = runner.manifest["model"]["outputs"][0]["name"]
-    exits_at, preds, mismatches, borderline = [], [], 0, 0
-    for i in test:
-        taken.clear()
-        out = runner.run({n: a[i:i + 1] for n, a in zip(names, ctx.calibration.inputs)})
-        exits_at.append(taken[0] if taken else -1)
-        preds.append(int(np.argmax(out[out_name])))
-    want_at = np.full(len(test), -1)
-    want_pred = setup.full_prediction[test].copy()
-    near = np.zeros(len(test), dtype=bool)
-    for e, chosen in enumerate(setup.chosen):
-        conf = chosen.candidate.confidence[test]
-        near |= np.abs(conf - chosen.threshold) < 1e-4
-        take = (want_at < 0) & (conf >= chosen.threshold)
-        want_at[take] = e
-        want_pred[take] = chosen.candidate.prediction[test][take]
-    differ = (np.array(exits_at) != want_at) | (np.array(preds) != want_pred)
-    borderline = int(np.sum(differ & near))
-    mismatches = int(np.sum(differ & ~near))
-    accuracy = float(np.mean(np.array(preds) == setup.truth[test]))
-    rates = [float(np.mean(np.array(exits_at) == e)) for e in range(len(setup.chosen))]
-    result = {"samples": int(len(test)), "split": "test", "mismatches": mismatches, "borderline": borderline,
-              "accuracy_onnxruntime": accuracy, "exit_rate_onnxruntime": rates, "reference": setup.reference,
-              "passed": mismatches == 0}
-    log.info("[verify] exits: %d held-out samples, %d mismatch(es) with PyTorch (%d borderline), accuracy %.4f, "
-             "exit rates %s", len(test), mismatches, borderline, accuracy, ", ".join(f"{r:.1%}" for r in rates))
-    if mismatches:
-        raise SplitcError(f"exit verification failed: on {mismatches} of {len(test)} held-out samples ONNX Runtime "
-                          "took another exit or predicted another class than PyTorch; no bundle was written",
-                          "report it, or pass --no-verify to keep the bundle anyway")
-    return result
-
-
-def write_exit_heads(stage, ctx) -> None:
-    """``exits/exit<i>.npz``: each kept head's MLP weights, so ``splitc verify`` can rebuild the PyTorch exits."""
-    import hashlib
-    from pathlib import Path
-
-    setup = getattr(ctx, "exits", None)
-    if setup is None or not setup.chosen:
-        return
-    folder = Path(stage) / "exits"
-    folder.mkdir(exist_ok=True)
-    files = {}
-    for i, chosen in enumerate(setup.chosen):
-        path = folder / f"exit{i}.npz"
-        np.savez(path, **{k: v.detach().numpy() for k, v in chosen.candidate.head.mlp.state_dict().items()})
-        files[chosen.candidate.node] = {"file": f"exits/{path.name}",
-                                        "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
-    setup.summary["head_files"] = files
-
-
-def _rebuild_head(bundle, entry: dict[str, Any], classes: int) -> ExitHead:
-    from pathlib import Path
-
-    head = ExitHead(tuple(entry["head"]["feature_shape"]), classes)
-    with np.load(Path(bundle) / entry["head"]["weights"]["file"]) as data:
-        head.mlp.load_state_dict({k: torch.from_numpy(data[k]) for k in data.files})
-    return head.eval()
-
-
-def check_exit_semantics(bundle, manifest: dict[str, Any], module: nn.Module, cases: list[list[np.ndarray]]
-                         ) -> dict[str, Any]:
-    """``splitc verify`` on a bundle with exits: ONNX Runtime's exit decisions vs the PyTorch exit-enabled model.
-
-    The PyTorch side is the original model (traced again with torch.fx, so node names match the
-    manifest) plus the exit heads rebuilt from ``exits/exit<i>.npz``; for every case, the exit
-    taken (or none) and the predicted class must agree. Confidences within 1e-4 of a threshold
-    count as borderline, not as errors.
-    """
-    from splitc.runtime.runner import BundleRunner
-
-    exits = manifest["exits"]
-    classes = int(manifest["model"]["outputs"][0]["shape"][-1])
-    try:
-        heads = {e["node"]: _rebuild_head(bundle, e, classes) for e in exits}
-        gm = torch.fx.symbolic_trace(module)
-    except Exception as exc:  # e.g. a bundle of a torch.export-traced model: names differ
-        return {"checked": False, "reason": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}",
-                "passed": True}
-    missing = sorted({e["node"] for e in exits} - {n.name for n in gm.graph.nodes})
-    if missing:
-        return {"checked": False, "reason": f"exit node(s) {', '.join(missing)} not found when tracing the model again",
-                "passed": True}
-    runner = BundleRunner(bundle)
-    taken: list[int] = []
-    original = runner.exit_taken
-
-    def spy(partition_index, held):
-        found = original(partition_index, held)
-        if found is not None:
-            taken.append(found["index"])
-        return found
-
-    runner.exit_taken = spy
-    names = [s["name"] for s in manifest["model"]["inputs"]]
-    out_name = manifest["model"]["outputs"][0]["name"]
-    mismatches = borderline = exited = 0
-    for case in cases:
-        captured: dict[str, torch.Tensor] = {}
-        with torch.no_grad():
-            final = ValueCapture(gm, {e["node"] for e in exits}, captured.__setitem__).run(
-                *[torch.from_numpy(np.array(a)) for a in case])
-            want_exit, want_class, near = -1, int(final.argmax()), False
-            for e in exits:
-                scores = torch.softmax(heads[e["node"]](captured[e["node"]]), dim=-1)
-                conf = float(scores.max())
-                near |= abs(conf - e["threshold"]) < 1e-4
-                if want_exit < 0 and conf >= e["threshold"]:
-                    want_exit, want_class = e["index"], int(scores.argmax())
-        taken.clear()
-        got = runner.run(dict(zip(names, case)))
-        got_exit = taken[0] if taken else -1
-        if got_exit != want_exit or int(np.argmax(got[out_name])) != want_class:
-            borderline += near
-            mismatches += not near
-        exited += got_exit >= 0
-    return {"checked": True, "samples": len(cases), "exited": exited, "mismatches": mismatches,
-            "borderline": borderline, "passed": mismatches == 0}

@@ -7,13 +7,17 @@ For exit ``i`` at node ``X`` (chosen by the plan pass, see
     exit{i}_confidence = call_module splitc_exit{i}_confidence(...)  # max softmax [1]
 
 with their own submodules. Nothing reads them inside the graph; the cut pass makes
-them extra outputs of the partition holding ``X`` (the tier where the exit is
-decided), so ONNX export writes them under those names. Because nodes are added,
-the candidate cuts are recomputed and the plan's cut indices remapped so that each
-cut stays after the same backbone node and the exit heads stay upstream of it.
+them extra outputs of the partition holding them, so ONNX export writes them under
+those names, and cuts that partition right after ``exit{i}_confidence``
+(:data:`~splitc.core.passes.cut.SEGMENT_END`): the tier runs the part up to the exit,
+the runtime applies the exit rule, and only the requests that stay run the next
+segment, on the same tier. An exit therefore fires wherever its node runs -- inside a
+tier as well as at a tier's end. Because nodes are added, the candidate cuts are
+recomputed and the plan's cut indices remapped so that each cut stays after the same
+backbone node and the exit heads stay upstream of it.
 
-Writes ``node.meta["splitc.exit"] = i``, the profile keys and ``PARTITION_OUTPUT`` (the cut pass makes
-them outputs of the partition holding them) on the new nodes.
+Writes ``node.meta["splitc.exit"] = i``, the profile keys and ``PARTITION_OUTPUT`` on the new nodes and
+``SEGMENT_END`` on each confidence node; marks ``ctx.exits.inserted`` (a later re-plan keeps these exits).
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from torch.fx.passes.shape_prop import _extract_tensor_metadata
 from splitc.exits.heads import ExitConfidence
 from splitc.core.pass_manager import Pass, PassResult
 from splitc.core.passes.candidates import compute_candidates
-from splitc.core.passes.cut import PARTITION_OUTPUT
+from splitc.core.passes.cut import PARTITION_OUTPUT, SEGMENT_END
 from splitc.core.passes.profile import FLOPS, FLOPS_SOURCE, IN_BYTES, IS_TENSOR, OP_CLASS, OUT_BYTES, PARAM_BYTES
 
 __all__ = ["InsertExitsPass", "insert_exit_nodes", "EXIT_META"]
@@ -62,6 +66,7 @@ def insert_exit_nodes(gm: torch.fx.GraphModule, exits: list[tuple[str, torch.nn.
             score = ExitConfidence()(value)
         _annotate(logits, value, flops, feature.meta.get(OUT_BYTES, 0), i)
         _annotate(conf, score, 4 * value.numel(), value.numel() * value.element_size(), i)
+        conf.meta[SEGMENT_END] = True  # the exit rule runs here: the partition holding it ends after it
         names[node_name] = (logits.name, conf.name)
     gm.graph.lint()
     gm.recompile()
@@ -90,7 +95,8 @@ class InsertExitsPass(Pass):
         if setup is None or not setup.chosen:
             return PassResult(gm, modified=False, summary="no exits to insert")
         exits = [(c.candidate.node, c.candidate.head, c.candidate.head_flops) for c in setup.chosen]
-        setup.summary["tensor_names"] = insert_exit_nodes(gm, exits)
+        setup.tensor_names = insert_exit_nodes(gm, exits)
+        setup.inserted = True
         old, new = ctx.candidates, compute_candidates(gm)
         remap = lambda c: _remap(old, new, c)  # noqa: E731
         plan = ctx.plan_result

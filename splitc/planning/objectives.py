@@ -20,7 +20,9 @@ ranks best at each boundary (the result says ``exhaustive: false``). For each pl
 * ``p50_s`` / ``p99_s``: quantiles of the per-request latency. The latency model is
   deterministic per path, so quantiles only differ from the mean through early exits
   (requests leave at different tiers) and FaaS cold starts (a share of requests pays
-  the cold start); network jitter and queueing are not modelled. The SLO applies to p50;
+  the cold start); network jitter and queueing are not modelled. The SLO applies to p50 or, with
+  ``--slo-quantile p99``, to p99; ``latency_distribution`` lists where requests end (each exit,
+  inside a tier or at its end, then the model's end) with the share and warm latency of each;
 * ``usd_per_request``: sum over tiers of (share of requests reaching the tier) x (that
   tier's price per request at ``rps x reach``);
 * ``dcor``: max over used links of the leakage at the link's cut (None without a privacy
@@ -34,7 +36,7 @@ comparable across units (ms, dollars, correlation) and independent of the model'
 taking the range over the front, not over every plan, keeps absurd plans (a cut that
 ships a huge tensor) from stretching the scale. A weight of 0 ignores an objective.
 
-**Constraints**: each tier's memory (always), ``--slo-ms`` on p50, ``--max-dcor`` on
+**Constraints**: each tier's memory (always), ``--slo-ms`` on p50 or p99, ``--max-dcor`` on
 leakage. When a constraint removes every plan the error says the best reachable value.
 """
 
@@ -51,7 +53,7 @@ from splitc.planning.chain import range_memory
 from splitc.errors import SplitcError
 
 __all__ = ["OBJECTIVES", "Weights", "parse_objective", "weights_of", "PlanMetrics", "candidate_plans", "evaluate_plans",
-           "pareto_mask", "select_plan", "MAX_PLANS"]
+           "pareto_mask", "select_plan", "MAX_PLANS", "stops_of", "SLO_QUANTILES", "Scale", "assess_plans"]
 
 OBJECTIVES = ("latency", "cost", "privacy", "weighted")
 WEIGHT_NAMES = ("latency", "cost", "privacy")
@@ -140,6 +142,9 @@ class PlanMetrics:
     dcor: np.ndarray | None  # [P] leakage; None without a privacy profile
     fits: np.ndarray  # [P] memory fits every tier
     exhaustive: bool
+    stop_positions: np.ndarray | None = None  # [S] positions where requests end (exits, then the model's end)
+    stop_shares: np.ndarray | None = None  # [S] share of requests ending at each
+    stop_latency_s: np.ndarray | None = None  # [P, S] latency of a request ending there
 
     def __len__(self) -> int:
         return len(self.latency_s)
@@ -150,7 +155,14 @@ class PlanMetrics:
                 "usd_per_request": _finite_or_none(self.usd_per_request[i]),
                 "usd_per_million": _finite_or_none(self.usd_per_request[i] * 1e6),
                 "tier_usd_per_request": [float(v) for v in self.tier_usd[i]],
-                "dcor": None if self.dcor is None else float(self.dcor[i])}
+                "dcor": None if self.dcor is None else float(self.dcor[i]),
+                **({"latency_distribution": self.distribution(i)} if self.stop_positions is not None else {})}
+
+    def distribution(self, i: int) -> list[dict[str, float]]:
+        """Plan ``i``'s per-request latency distribution: one entry per place requests end (early exits make it
+        multimodal), ``{"position", "share", "latency_s"}``, cold starts not included."""
+        return [{"position": int(p), "share": float(s), "latency_s": float(x)}
+                for p, s, x in zip(self.stop_positions, self.stop_shares, self.stop_latency_s[i])]
 
     def index_of(self, cuts: Sequence[int]) -> int | None:
         hits = np.flatnonzero((self.cuts == np.asarray(cuts, dtype=np.int64)).all(axis=1))
@@ -193,10 +205,40 @@ def candidate_plans(problem: ChainProblem, best_at: np.ndarray | None = None,
     return rows, exhaustive
 
 
+def stops_of(problem: ChainProblem) -> tuple[np.ndarray, np.ndarray]:
+    """Where requests end and which share ends there: ``(positions, shares)``.
+
+    A request that leaves at an exit of node ``p`` has run nodes ``0..p`` and ends at position
+    ``p + 1``; the rest end at ``n``. Read from ``problem.reach`` (``reach[j-1] - reach[j]`` of
+    the requests leave at position ``j``), so the exits may sit anywhere, inside a tier or at
+    its end. Without reach every request ends at ``n``.
+    """
+    n = problem.n
+    if problem.reach is None:
+        return np.array([n], dtype=np.int64), np.array([1.0])
+    reach = np.asarray(problem.reach, dtype=np.float64)
+    drop = reach[:-1] - reach[1:]  # drop[j-1]: share leaving at position j
+    positions = [j for j in range(1, n) if drop[j - 1] > 1e-15]
+    shares = [float(drop[j - 1]) for j in positions]
+    positions.append(n)
+    shares.append(float(reach[n - 1]) if n >= 1 else 1.0)  # leaving after the last node = finishing
+    return np.array(positions, dtype=np.int64), np.array(shares)
+
+
 def evaluate_plans(problem: ChainProblem, tiers, cuts: np.ndarray, rps: float, *,
                    dcor: np.ndarray | None = None, exhaustive: bool = True,
                    with_cost: bool = True) -> PlanMetrics:
-    """Latency (expected, p50, p99), cost and leakage of every plan in ``cuts`` (vectorised).
+    """Latency (expected, p50, p99, distribution), cost and leakage of every plan in ``cuts`` (vectorised).
+
+    Per-request latency: a request that ends at position ``j`` (:func:`stops_of`; an exit inside a
+    tier or the end of the model) has run every node before ``j`` on its tier, unweighted, and
+    crossed every used link whose cut is before ``j`` (an exit at the last node of a tier fires
+    before that tier's link). The quantiles are taken over these paths with their shares.
+
+    Cost: a tier is priced at the rate of requests entering it (``rps x reach`` at its first node)
+    and the *expected* busy seconds of such a request (its nodes weighted by the share of the
+    entering requests still running there), so exits inside a VM tier lower its load and exits
+    before a FaaS tier lower its invocations (and raise its cold-start share).
 
     Args:
         problem: the planning problem (with reach when there are exits).
@@ -214,36 +256,45 @@ def evaluate_plans(problem: ChainProblem, tiers, cuts: np.ndarray, rps: float, *
     bounds = np.hstack([np.zeros((count, 1), np.int64), cuts, np.full((count, 1), n, np.int64)])
     reach_pos = np.ones(n + 1) if problem.reach is None else np.asarray(problem.reach, dtype=np.float64)
     plain = replace(problem, reach=None)
+    positions, shares = stops_of(problem)
 
     expected = np.zeros(count)
     fits = np.ones(count, dtype=bool)
-    busy = np.zeros((count, k))  # unweighted seconds a request reaching tier t spends there
+    busy = np.zeros((count, k))  # expected seconds a request entering tier t spends there
     memory = np.zeros((count, k))
-    path = np.zeros((count, k))  # latency of a request that ends at tier t
     reach = np.zeros((count, k))
-    elapsed = np.zeros(count)
+    stop_latency = np.zeros((count, len(positions)))  # latency of a request ending at each stop
     for t in range(k):
         s, e = bounds[:, t], bounds[:, t + 1]
         weighted = _prefix(problem.weighted_node_time(t))
         unweighted = _prefix(problem.node_time[t])
         runs = e > s  # entry and exit (session run, layout conversions) only when the tier runs something
-        expected += weighted[e] - weighted[s] + np.where(runs, problem.weighted_entry(t)[s]
-                                                         + problem.weighted_exit(t)[e], 0.0)
-        plain_entry, plain_exit = plain.weighted_entry(t), plain.weighted_exit(t)
-        busy[:, t] = unweighted[e] - unweighted[s] + np.where(runs, plain_entry[s] + plain_exit[e], 0.0)
+        bound = np.where(runs, problem.weighted_entry(t)[s] + problem.weighted_exit(t)[e], 0.0)
+        plain_entry = np.where(runs, plain.weighted_entry(t)[s], 0.0)
+        plain_exit = np.where(runs, plain.weighted_exit(t)[e], 0.0)
+        expected += weighted[e] - weighted[s] + bound
+        reach[:, t] = reach_pos[s]
+        entering = reach[:, t]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            busy[:, t] = np.where(entering > 0,
+                                  (weighted[e] - weighted[s] + bound) / np.where(entering > 0, entering, 1.0),
+                                  unweighted[e] - unweighted[s] + plain_entry + plain_exit)
+        # a request ending at stop j paid this tier's entry if it reached the tier's first node (j > s), its
+        # exit if it reached the tier's last node (j >= e): the weights weighted_entry/weighted_exit use
+        stop_latency += np.where(positions[None, :] > s[:, None], plain_entry[:, None], 0.0)
+        stop_latency += np.where(positions[None, :] >= e[:, None], plain_exit[:, None], 0.0)
         memory[:, t] = range_memory(problem, s, e)
         fits &= memory[:, t] <= problem.memory[t]
-        reach[:, t] = reach_pos[s]
-        elapsed += busy[:, t]
-        path[:, t] = elapsed
+        for i, j in enumerate(positions):  # nodes of this tier run before the stop
+            stop_latency[:, i] += unweighted[np.clip(j, s, e)] - unweighted[s]
         if t < k - 1:
             expected += problem.link_costs(t)[e]
-            elapsed = elapsed + plain.link_costs(t)[e]
+            link = plain.link_costs(t)[e]
+            stop_latency += np.where(e[:, None] < positions[None, :], link[:, None], 0.0)
 
-    share_end = reach - np.hstack([reach[:, 1:], np.zeros((count, 1))])  # requests whose last tier is t
     tier_usd = np.full((count, k), np.nan)
-    p50 = _quantile(path, share_end, 0.5)
-    p99 = _quantile(path, share_end, 0.99)
+    p50 = _quantile(stop_latency, shares, 0.5)
+    p99 = _quantile(stop_latency, shares, 0.99)
     if with_cost:
         tier_usd, cold_share, cold_s = _tier_costs(tiers, busy, memory, reach, rps)
         fits &= np.isfinite(tier_usd).all(axis=1)  # e.g. a partition larger than a FaaS tier's memory size
@@ -259,7 +310,8 @@ def evaluate_plans(problem: ChainProblem, tiers, cuts: np.ndarray, rps: float, *
             c = cuts[:, t]
             used = c < n
             leak = np.where(used, np.maximum(leak, np.nan_to_num(dcor[c], nan=1.0)), leak)
-    return PlanMetrics(cuts, expected, p50, p99, usd, tier_usd, leak, fits, exhaustive)
+    return PlanMetrics(cuts, expected, p50, p99, usd, tier_usd, leak, fits, exhaustive,
+                       stop_positions=positions, stop_shares=shares, stop_latency_s=stop_latency)
 
 
 def _prefix(values: np.ndarray) -> np.ndarray:
@@ -268,11 +320,12 @@ def _prefix(values: np.ndarray) -> np.ndarray:
     return out
 
 
-def _quantile(path: np.ndarray, share_end: np.ndarray, q: float) -> np.ndarray:
-    """Per plan, the q-quantile of the path latency when a share ``share_end[:, t]`` of requests ends at tier t."""
+def _quantile(path: np.ndarray, shares: np.ndarray, q: float) -> np.ndarray:
+    """Per plan, the q-quantile of the path latencies ``path[:, i]`` when a share ``shares[i]`` of requests takes path i."""
+    shares = np.broadcast_to(np.asarray(shares, dtype=np.float64), path.shape)
     order = np.argsort(path, axis=1, kind="stable")
     values = np.take_along_axis(path, order, axis=1)
-    cum = np.cumsum(np.take_along_axis(share_end, order, axis=1), axis=1)
+    cum = np.cumsum(np.take_along_axis(shares, order, axis=1), axis=1)
     first = np.argmax(cum >= q - 1e-12, axis=1)
     return values[np.arange(len(path)), first]
 
@@ -334,11 +387,12 @@ class Selection:
 
 
 def select_plan(metrics: PlanMetrics, weights: Weights, *, slo_s: float | None = None,
-                max_dcor: float | None = None, describe=None) -> Selection:
+                max_dcor: float | None = None, describe=None, slo_quantile: str = "p50") -> Selection:
     """The plan minimising the weighted scaled objective under memory, SLO and leakage constraints.
 
     Args:
         describe: ``f(index) -> str`` naming a plan in error messages (e.g. its cuts).
+        slo_quantile: which predicted quantile ``slo_s`` bounds (``p50`` or ``p99``).
 
     Raises:
         SplitcError: when a constraint leaves no plan (saying the best reachable value).
@@ -348,11 +402,12 @@ def select_plan(metrics: PlanMetrics, weights: Weights, *, slo_s: float | None =
     if not feasible.any():
         raise ValueError("no plan fits the tiers' memory")  # the plan pass words this one
     if slo_s is not None:
-        meets = feasible & (metrics.p50_s <= slo_s)
+        quantile = _slo_column(metrics, slo_quantile)
+        meets = feasible & (quantile <= slo_s)
         if not meets.any():
-            best = int(np.flatnonzero(feasible)[np.argmin(metrics.p50_s[feasible])])
-            raise SplitcError(f"no plan meets --slo-ms {slo_s * 1e3:g}: the best reachable predicted p50 is "
-                              f"{metrics.p50_s[best] * 1e3:.2f} ms ({describe(best)})",
+            best = int(np.flatnonzero(feasible)[np.argmin(quantile[feasible])])
+            raise SplitcError(f"no plan meets --slo-ms {slo_s * 1e3:g} on {slo_quantile}: the best reachable predicted "
+                              f"{slo_quantile} is {quantile[best] * 1e3:.2f} ms ({describe(best)})",
                               "raise --slo-ms, use faster tiers or links, or compress the transfer")
         feasible = meets
     if max_dcor is not None:
@@ -396,3 +451,73 @@ def select_plan(metrics: PlanMetrics, weights: Weights, *, slo_s: float | None =
     tie_cost = np.nan_to_num(metrics.usd_per_request, nan=0.0)
     order = np.lexsort((tie_cost, metrics.latency_s, score))
     return Selection(int(order[0]), feasible, score, pareto)
+
+
+#: The latency quantiles ``--slo-ms`` may bound (``--slo-quantile``).
+SLO_QUANTILES = ("p50", "p99")
+
+
+def _slo_column(metrics: PlanMetrics, quantile: str) -> np.ndarray:
+    if quantile not in SLO_QUANTILES:
+        raise SplitcError(f"unknown SLO quantile '{quantile}'", f"valid: {', '.join(SLO_QUANTILES)}")
+    return metrics.p50_s if quantile == "p50" else metrics.p99_s
+
+
+@dataclass(frozen=True)
+class Scale:
+    """Fixed ideal (``lo``) and range (``span``) of latency, cost and leakage, for comparing plans of
+    *different* problems on one scale (:func:`assess_plans`): the same scaling as :func:`select_plan`,
+    taken once, from a reference problem's feasible Pareto front, instead of per problem."""
+
+    lo: np.ndarray  # [3]
+    span: np.ndarray  # [3], > 0
+
+    @classmethod
+    def of(cls, metrics: PlanMetrics, feasible: np.ndarray | None = None) -> "Scale":
+        """The scale of ``metrics``' front among ``feasible`` plans (all memory-feasible ones when none is)."""
+        values = _objective_values(metrics)
+        mask = metrics.fits if feasible is None or not feasible.any() else feasible
+        if not mask.any():
+            return cls(np.zeros(3), np.ones(3))
+        idx = np.flatnonzero(mask)
+        front = values[idx][pareto_mask(values[idx])]
+        lo, hi = front.min(axis=0), front.max(axis=0)
+        # a flat objective on the reference front (e.g. every device-only plan costs $0) may still vary once
+        # exits change the problem: scale it by its own magnitude instead of dividing by 0
+        span = np.where(hi > lo, hi - lo, np.maximum(np.abs(lo), 1e-12))
+        return cls(lo, span)
+
+
+def _objective_values(metrics: PlanMetrics) -> np.ndarray:
+    """``[P, 3]`` latency, cost (0 where unpriced) and leakage (0 without a profile)."""
+    return np.column_stack([metrics.latency_s, np.nan_to_num(metrics.usd_per_request, nan=0.0),
+                            metrics.dcor if metrics.dcor is not None else np.zeros(len(metrics))])
+
+
+def constraint_violation(metrics: PlanMetrics, *, slo_s: float | None = None, slo_quantile: str = "p50",
+                         max_dcor: float | None = None) -> np.ndarray:
+    """``[P]`` how far each plan misses its constraints: 0 when it meets all of them, ``inf`` when it does
+    not fit memory, else the relative excess over the SLO plus the excess over the leakage bound."""
+    excess = np.zeros(len(metrics))
+    if slo_s is not None:
+        excess += np.maximum(0.0, _slo_column(metrics, slo_quantile) - slo_s) / slo_s
+    if max_dcor is not None and metrics.dcor is not None:
+        excess += np.maximum(0.0, metrics.dcor - max_dcor - 1e-12)
+    return np.where(metrics.fits, excess, np.inf)
+
+
+def assess_plans(metrics: PlanMetrics, weights: Weights, scale: Scale, *, slo_s: float | None = None,
+                 slo_quantile: str = "p50", max_dcor: float | None = None) -> tuple[int, tuple[float, ...]]:
+    """The best plan of ``metrics`` and its key on a fixed ``scale`` (lower keys are better across problems).
+
+    Key ``(violation, J, latency, cost)``: plans meeting every constraint first (violation 0), then the
+    weighted scaled objective ``J = sum_i w_i (v_i - lo_i) / span_i`` with the scale held fixed, so two
+    problems (e.g. two exit-threshold settings) compare on the same ruler; ties go to lower latency,
+    then lower cost, as in :func:`select_plan`.
+    """
+    violation = constraint_violation(metrics, slo_s=slo_s, slo_quantile=slo_quantile, max_dcor=max_dcor)
+    values = _objective_values(metrics)
+    score = ((values - scale.lo) / scale.span * weights.as_array()).sum(axis=1)
+    order = np.lexsort((values[:, 1], values[:, 0], score, violation))
+    i = int(order[0])
+    return i, (float(violation[i]), float(score[i]), float(values[i, 0]), float(values[i, 1]))

@@ -21,14 +21,16 @@ import numpy as np
 import torch.fx
 
 from splitc.core.pass_manager import Pass, PassResult
-from splitc.core.placement import LinkSpec, PlanChoice, Planner, PlanResult, ProblemAdjuster
-from splitc.planning.objectives import Weights, candidate_plans, evaluate_plans, select_plan, weights_of
+from splitc.core.placement import Assessment, LinkSpec, PlanChoice, Planner, PlanResult, ProblemAdjuster, Scorer
+from splitc.planning.objectives import (SLO_QUANTILES, Scale, Weights, assess_plans, candidate_plans,
+                                        constraint_violation, evaluate_plans, select_plan, weights_of)
 from splitc.core.placement import ChainProblem, evaluate_cuts
 from splitc.planning.chain import solve_chain
 from splitc.errors import SplitcError
 from splitc.core.graph import model_output_names
 from splitc.targets.cost_model import boundary_times, measured_mask, node_times
 from splitc.units import format_bytes, parse_bandwidth
+from splitc.core.passes.cut import PARTITION_OUTPUT
 from splitc.core.passes.profile import PARAM_BYTES
 
 __all__ = ["PlanPass", "PlanSettings", "ChainPlanner", "resolve_links", "build_problem", "training_problem",
@@ -144,6 +146,13 @@ def choice(problem: ChainProblem, candidates, cuts: tuple[int, ...], metrics=Non
     cuts = tuple(int(c) for c in cuts)
     ev = evaluate_cuts(problem, cuts)
     row = metrics.index_of(cuts) if metrics is not None else None
+    values = metrics.row(row) if row is not None else {}
+    if "latency_distribution" in values:  # name where each share of requests ends (an exit's node, or the end)
+        bounds = (0, *cuts, problem.n)
+        for entry in values["latency_distribution"]:
+            j = entry["position"]
+            entry["after"] = candidates.cuts[j].after
+            entry["tier"] = int(np.searchsorted(np.asarray(bounds[1:]), j - 1, side="right"))  # tier running node j-1
     return PlanChoice(
         cuts=tuple(cuts),
         after=tuple(candidates.cuts[c].after for c in cuts),
@@ -154,7 +163,7 @@ def choice(problem: ChainProblem, candidates, cuts: tuple[int, ...], metrics=Non
         memory_bytes=tuple(ev["memory"]),
         latency_s=float(ev["total"]),
         reach=tuple(ev["reach"]) if problem.reach is not None else (),
-        metrics=metrics.row(row) if row is not None else {},
+        metrics=values,
     )
 
 
@@ -179,6 +188,54 @@ class ChainPlanner(Planner):
 
     def replan(self, gm, ctx) -> None:
         PlanPass(self.adjusters).run(gm, ctx)
+
+    def scorer(self, ctx, reference: ChainProblem) -> Scorer:
+        """See :meth:`splitc.core.placement.Planner.scorer`.
+
+        Latency alone and unconstrained (the default): the exact DP's optimum, keyed by its
+        expected latency. Otherwise every plan is evaluated as the plan pass does (exhaustive up to
+        :data:`~splitc.planning.objectives.MAX_PLANS`) and keyed by :func:`assess_plans` on the scale
+        of ``reference``'s feasible front. With ``--split`` (or one tier) the forced plan is scored.
+        """
+        settings = ctx.settings_for(PlanSettings)
+        dcor = ctx.privacy.dcor if getattr(ctx, "privacy", None) is not None else None
+        forced = None
+        if ctx.options.split:
+            forced = forced_cuts(ctx.options.split, ctx.candidates, reference, ctx.tiers)
+        elif len(ctx.tiers) == 1:
+            forced = ()
+        if settings.default_objective and forced is None:
+            def exact(problem: ChainProblem) -> Assessment:
+                try:
+                    solution = solve_chain(problem)
+                except ValueError:  # nothing fits memory
+                    return Assessment((), (math.inf,), False, {})
+                return Assessment(tuple(int(c) for c in solution.cuts), (0.0, solution.latency, solution.latency, 0.0),
+                                  True, {"latency_s": solution.latency})
+            return exact
+        constraints = {"slo_s": settings.slo_s, "slo_quantile": settings.slo_quantile, "max_dcor": settings.max_dcor}
+
+        def metrics_of(problem: ChainProblem):
+            if forced is not None:
+                plans = np.array([forced], dtype=np.int64)
+            else:
+                try:
+                    best_at = solve_chain(problem).best_at
+                except ValueError:
+                    best_at = None
+                plans, _ = candidate_plans(problem, best_at)
+            return evaluate_plans(problem, ctx.tiers, plans, settings.rps, dcor=dcor)
+
+        first = metrics_of(reference)
+        scale = Scale.of(first, constraint_violation(first, **constraints) == 0)
+
+        def assess(problem: ChainProblem) -> Assessment:
+            metrics = metrics_of(problem)
+            i, key = assess_plans(metrics, settings.weights, scale, **constraints)
+            row = metrics.row(i)
+            return Assessment(tuple(int(c) for c in metrics.cuts[i]), key, key[0] == 0.0,
+                              {k: row[k] for k in ("latency_s", "p50_s", "p99_s", "usd_per_request", "dcor")})
+        return assess
 
 
 class PlanPass(Pass):
@@ -213,7 +270,8 @@ class PlanPass(Pass):
         dcor = ctx.privacy.dcor if getattr(ctx, "privacy", None) is not None else None
         names = [t.name for t in ctx.tiers]
         if len(ctx.tiers) == 1 or ctx.options.split:
-            cuts = forced_cuts(ctx.options.split, candidates, problem, ctx.tiers) if ctx.options.split else ()
+            attached = {n.name for n in gm.graph.nodes if n.meta.get(PARTITION_OUTPUT)}  # e.g. exit heads
+            cuts = forced_cuts(ctx.options.split, candidates, problem, ctx.tiers, attached) if ctx.options.split else ()
             metrics = evaluate_plans(problem, ctx.tiers, np.array([cuts], dtype=np.int64), settings.rps, dcor=dcor)
             if not metrics.fits[0]:
                 raise _memory_error(problem, ctx.tiers)
@@ -264,6 +322,7 @@ class PlanSettings:
     max_dcor: float | None
     workload: str
     bandwidth_range: tuple[float, float] | None
+    slo_quantile: str = "p50"
 
     @classmethod
     def from_options(cls, options) -> "PlanSettings":
@@ -283,15 +342,15 @@ class PlanSettings:
         if options.workload == "training" and tuple(options.exits) not in ((), ("none",)):
             raise SplitcError("--workload training has no early exits (every sample runs the whole model)",
                               "drop --exits")
-        settings = cls(objective, weights, rps, None if slo is None else slo / 1e3, options.max_dcor, options.workload,
-                       _parse_range(options.bandwidth_range) if options.bandwidth_range else None)
-        if tuple(options.exits) not in ((), ("none",)) and not settings.default_objective:
-            # exit thresholds are chosen jointly with the latency-optimal cuts ((exits/heads.py)); another
-            # objective could pick cuts where the kept exits no longer sit at a tier boundary
-            raise SplitcError("--exits are planned jointly with the latency-optimal cuts; --objective "
-                              f"{objective}, --slo-ms and --max-dcor cannot be combined with them yet",
-                              "drop --exits, or plan for latency (the plan table still reports cost and p50/p99)")
-        return settings
+        quantile = str(getattr(options, "slo_quantile", "p50") or "p50").lower()
+        if quantile not in SLO_QUANTILES:
+            raise SplitcError(f"--slo-quantile must be one of {', '.join(SLO_QUANTILES)}, got '{quantile}'")
+        if quantile != "p50" and slo is None:
+            log.warning("[plan] --slo-quantile %s has no effect without --slo-ms", quantile)
+        # exits are planned jointly with the cuts for every objective and constraint: the exits' threshold search
+        # scores each setting through ctx.planner.scorer (exits/heads.py), and an exit may sit anywhere in a tier
+        return cls(objective, weights, rps, None if slo is None else slo / 1e3, options.max_dcor, options.workload,
+                   _parse_range(options.bandwidth_range) if options.bandwidth_range else None, quantile)
 
     @property
     def needs(self) -> frozenset[str]:
@@ -306,7 +365,7 @@ class PlanSettings:
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "weights": self.weights.to_dict(), "rps": self.rps, "slo_s": self.slo_s,
-                "slo_applies_to": "p50", "max_dcor": self.max_dcor, "workload": self.workload,
+                "slo_applies_to": self.slo_quantile, "max_dcor": self.max_dcor, "workload": self.workload,
                 **({"bandwidth_range_bps": list(self.bandwidth_range)} if self.bandwidth_range else {})}
 
 
@@ -332,7 +391,7 @@ def select(problem: ChainProblem, tiers, settings: PlanSettings, dcor, solution,
 
     try:
         selection = select_plan(metrics, settings.weights, slo_s=settings.slo_s, max_dcor=settings.max_dcor,
-                                describe=describe)
+                                describe=describe, slo_quantile=settings.slo_quantile)
     except ValueError:
         raise _memory_error(problem, tiers) from None
     if settings.default_objective:  # exact DP optimum (ties may differ from the enumeration's order)
@@ -451,9 +510,10 @@ def cost_indifference(gm, candidates, tiers, best: PlanChoice, problem: ChainPro
 
 def _warn_forced(best: PlanChoice, settings: PlanSettings) -> None:
     m = best.metrics
-    if settings.slo_s is not None and m.get("p50_s", 0.0) > settings.slo_s:
-        log.warning("[plan] the forced split's predicted p50 %.2f ms exceeds --slo-ms %g", m["p50_s"] * 1e3,
-                    settings.slo_s * 1e3)
+    key = f"{settings.slo_quantile}_s"
+    if settings.slo_s is not None and m.get(key, 0.0) > settings.slo_s:
+        log.warning("[plan] the forced split's predicted %s %.2f ms exceeds --slo-ms %g", settings.slo_quantile,
+                    m[key] * 1e3, settings.slo_s * 1e3)
     if settings.max_dcor is not None and m.get("dcor") is not None and m["dcor"] > settings.max_dcor:
         log.warning("[plan] the forced split leaks distance correlation %.3f > --max-dcor %g", m["dcor"],
                     settings.max_dcor)
@@ -464,8 +524,15 @@ def _cost_words(best: PlanChoice) -> str:
     return "" if usd is None else f", ${usd:.4g} per million requests"
 
 
-def forced_cuts(split: tuple[str, ...], candidates, problem: ChainProblem, tiers) -> tuple[int, ...]:
-    """Cut indices of ``--split NODE,...`` after checking them."""
+def forced_cuts(split: tuple[str, ...], candidates, problem: ChainProblem, tiers,
+                attached: set[str] | frozenset[str] = frozenset()) -> tuple[int, ...]:
+    """Cut indices of ``--split NODE,...`` after checking them.
+
+    Args:
+        attached: nodes that stay on the tier of the node before them (extra partition outputs such as
+            an exit head right after a ``--split`` node: the exit is decided before the transfer); a cut
+            after a split node moves past them.
+    """
     if len(split) != len(tiers) - 1:
         raise SplitcError(f"--split names {len(split)} node(s) but the chain of {len(tiers)} tiers has "
                           f"{len(tiers) - 1} boundary(ies)", "give one node per boundary, in order")
@@ -476,6 +543,8 @@ def forced_cuts(split: tuple[str, ...], candidates, problem: ChainProblem, tiers
             continue
         try:
             cuts.append(candidates.index_of(name))
+            while cuts[-1] < len(candidates.nodes) and candidates.nodes[cuts[-1]] in attached:
+                cuts[-1] += 1
         except KeyError:
             close = difflib.get_close_matches(name, candidates.nodes, n=5)
             hint = f"did you mean: {', '.join(close)}?" if close else "run 'splitc plan' to list the nodes"

@@ -36,6 +36,11 @@ def format_plan_table(plan: PlanResult, top: int | None = 15) -> str:
     if best.reach:  # early exits: latencies are expectations over requests; each tier's term is already weighted
         lines.append("early exits: expected latency over requests; share of requests reaching each tier: "
                      + ", ".join(f"{t} {r:.1%}" for t, r in zip(plan.tiers, best.reach)))
+        spread = best.metrics.get("latency_distribution") or []
+        if len(spread) > 1:  # exits make the per-request latency multimodal: where requests end, and when
+            lines.append("latency distribution (warm): " + ", ".join(
+                f"{d['share']:.1%} end {'at the end' if i == len(spread) - 1 else 'after ' + str(d['after'])} "
+                f"({plan.tiers[d['tier']]}) in {format_ms(d['latency_s'])} ms" for i, d in enumerate(spread)))
     lines.extend(format_objectives(plan))
     for b, rows in enumerate(plan.ranking):
         shown = rows if top is None else rows[:top]
@@ -81,7 +86,7 @@ def format_objectives(plan: PlanResult, limit: int = 12) -> list[str]:
         return []
     weights = ", ".join(f"{k}={v:g}" for k, v in o.get("weights", {}).items() if v)
     lines = [f"objective: {o.get('name', 'latency')} ({weights}); {o.get('rps', 0):g} requests/s; SLO "
-             + (f"p50 <= {o['slo_s'] * 1e3:g} ms" if o.get("slo_s") else "none")
+             + (f"{o.get('slo_applies_to', 'p50')} <= {o['slo_s'] * 1e3:g} ms" if o.get("slo_s") else "none")
              + (f"; leakage dcor <= {o['max_dcor']:g}" if o.get("max_dcor") is not None else "")
              + (f"; workload {o['workload']}" if o.get("workload", "inference") != "inference" else "")
              + f"; {o.get('plans_evaluated', 1)} plan(s) evaluated"

@@ -46,21 +46,48 @@ def test_exits_keep_accuracy_on_held_out_digits(mnist, tmp_path) -> None:
                              calib=str(mnist / "calib.npz"), accuracy_target=0.99)
     result = compile_model(str(mnist / "mnist_cnn.pt"), options, tmp_path / "bundle")
     manifest = result.manifest
-    assert len(manifest["exits"]) == 1
-    exit0 = manifest["exits"][0]
-    assert exit0["node"] == "relu_1" and exit0["partition"] == 0 and exit0["score"] == "max_softmax"
-    part0 = manifest["partitions"][0]
-    assert {o["name"] for o in part0["outputs"]} == {"relu_1", "exit0_logits", "exit0_confidence"}
+    assert manifest["exits"] and all(e["score"] == "max_softmax" for e in manifest["exits"])
+    for e in manifest["exits"]:  # each exit's tensors are outputs of the partition (segment) that decides it
+        part = manifest["partitions"][e["partition"]]
+        assert {e["outputs"]["logits"], e["outputs"]["confidence"]} <= {o["name"] for o in part["outputs"]}
+        assert e["partition"] in manifest["tiers"][e["tier_index"]]["partitions"]
     assert manifest["verification"]["exits"]["passed"] and manifest["verification"]["exits"]["mismatches"] == 0
     assert manifest["exit_calibration"]["reference"] == "labels"
-    assert manifest["plan"]["predicted"]["reach"][1] == pytest.approx(1 - exit0["exit_rate"]["calibrate"])
+    on_device = sum(e["exit_rate"]["calibrate"] for e in manifest["exits"] if e["tier_index"] == 0)
+    assert manifest["plan"]["predicted"]["reach"][1] == pytest.approx(1 - on_device)
     test = np.load(mnist / "test.npz")
     x, y = test["x"], test["y"]
     full, _ = _accuracy(result.out, x, y, use_exits=False)
     with_exits, rate = _accuracy(result.out, x, y)
-    assert full > 0.6  # a real (if undertrained) classifier after 2 epochs
+    assert full > 0.6  # a real classifier
     assert with_exits >= 0.99 * full, (with_exits, full)
     assert rate > 0.3  # exits really fire on unseen digits
+
+
+@pytest.mark.slow
+def test_exits_inside_a_device_only_plan_save_half_the_compute(mnist, tmp_path) -> None:
+    """The issue's bar: --exits auto on a plan that runs everything on the device yields a bundle whose device
+    partition exits early, >= 50 % of the expected FLOPs saved at <= 1 point, through ONNX Runtime on the 1,000
+    unseen digits (benchmarks/exits.py measures the same on the example)."""
+    options = CompileOptions(targets=("pi", "edge"), exits=("auto",), calib=str(mnist / "calib.npz"),
+                             accuracy_target=0.99)
+    result = compile_model(str(mnist / "mnist_cnn.pt"), options, tmp_path / "bundle")
+    manifest = result.manifest
+    assert [len(t["partitions"]) > 1 for t in manifest["tiers"]] == [True, False]  # segments on the device
+    assert manifest["transfers"] == [] and all(e["tier_index"] == 0 for e in manifest["exits"])
+    flops = {p["index"]: p["flops"] for p in manifest["partitions"]}
+    runner = BundleRunner(result.out, threads=1)
+    test = np.load(mnist / "test.npz")
+    ran, correct = [], []
+    for i in range(len(test["x"])):
+        trace = runner.run_traced({"x": test["x"][i:i + 1]})
+        ran.append(sum(flops[p] for t in trace.tiers for p in t.partitions))
+        correct.append(int(np.argmax(trace.outputs["output_0"])) == int(test["y"][i]))
+    full, _ = _accuracy(result.out, test["x"], test["y"], use_exits=False)
+    backbone = sum(flops.values()) - sum(e["head"]["flops"] for e in manifest["exits"])  # the model without exits
+    saved = 1 - np.mean(ran) / backbone
+    assert saved >= 0.5, saved
+    assert 100 * (full - np.mean(correct)) <= 1.0, (full, np.mean(correct))
 
 
 def test_unreachable_absolute_target_says_what_is_reachable(mnist, tmp_path) -> None:
@@ -84,3 +111,25 @@ def test_wrong_shaped_calibration_data(mnist, tmp_path) -> None:
     options = CompileOptions(targets=("pi", "edge"), exits=("auto",), calib=str(tmp_path / "bad.npz"))
     with pytest.raises(SplitcError, match=r"has shape \[100, 3, 28, 28\]"):
         compile_model(str(mnist / "mnist_cnn.pt"), options, tmp_path / "bundle", input_shapes=[(1, 1, 28, 28)])
+
+
+@pytest.mark.slow
+def test_splitc_plan_keeps_exits_for_cost_on_the_hybrid_chain(mnist, capsys) -> None:
+    """`splitc plan MODEL --calib ... --exits auto --objective cost --target c6i-large,aws-lambda`: at a rate that
+    needs the VM, exits inside it lower its load; the plan reports the multimodal latency distribution."""
+    import json
+
+    from tests.cli import run_cli
+
+    code, out, err = run_cli(capsys, "plan", str(mnist / "mnist_cnn.pt"), "--calib", str(mnist / "calib.npz"),
+                             "--exits", "auto", "--objective", "cost", "--target", "c6i-large,aws-lambda",
+                             "--rps", "3000", "--json")
+    assert code == 0, err
+    plan = json.loads(out)
+    spread = plan["predicted"]["latency_distribution"]
+    assert len(spread) >= 2 and sum(d["share"] for d in spread) == pytest.approx(1.0)  # exits kept: multimodal
+    assert [d["latency_s"] for d in spread] == sorted(d["latency_s"] for d in spread)
+    assert plan["predicted"]["p50_s"] < plan["predicted"]["p99_s"] and plan["cost"]["usd_per_million"] > 0
+    code, out, _ = run_cli(capsys, "plan", str(mnist / "mnist_cnn.pt"), "--calib", str(mnist / "calib.npz"),
+                           "--exits", "auto", "--objective", "cost", "--target", "c6i-large,aws-lambda", "--rps", "3000")
+    assert code == 0 and "latency distribution (warm):" in out

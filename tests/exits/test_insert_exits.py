@@ -89,8 +89,8 @@ def calib(tmp_path_factory):
 
 
 def test_compile_with_exits_end_to_end(calib, tmp_path) -> None:
-    # input shape from the calibration data; the forced cut after 'relu' gets an exit candidate
-    options = CompileOptions(targets=("jetson", "cloud-gpu"), split=("relu",), exits=("auto",), calib=str(calib),
+    # input shape from the calibration data; an exit forced at the forced cut: it ends tier 0's only partition
+    options = CompileOptions(targets=("jetson", "cloud-gpu"), split=("relu",), exits=("relu",), calib=str(calib),
                              accuracy_target=0.9)
     result = compile_model("tests.models:chain", options, tmp_path / "b")
     manifest = result.manifest
@@ -117,14 +117,9 @@ def test_compile_with_exits_end_to_end(calib, tmp_path) -> None:
     assert exit0["head"]["weights"]["file"] == "exits/exit0.npz"
     report = verify_bundle(result.out, inputs=None, samples=4)
     assert report.passed and report.exits["checked"] and report.exits["mismatches"] == 0
-    assert report.to_dict()["exit_semantics"]["samples"] == 4
-
-
-def test_single_tier_keeps_no_exit(calib, tmp_path, caplog) -> None:
-    options = CompileOptions(targets=("jetson",), exits=("auto",), calib=str(calib))
-    result = compile_model("tests.models:chain", options, tmp_path / "b")
-    assert result.manifest["exits"] == []
-    assert "single tier" in caplog.text
+    assert report.to_dict()["exit_semantics"]["samples"] >= 4  # + calibration inputs until every exit is exercised
+    assert report.exits["complete"]
+    assert [t["partitions"] for t in manifest["tiers"]] == [[0], [1]]  # an exit at the cut: no extra segment
 
 
 @pytest.mark.parametrize("args, message", [

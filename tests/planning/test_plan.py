@@ -108,8 +108,7 @@ def test_training_workload_triples_compute_and_doubles_the_wire(capsys):
     (["--bandwidth-range", "10mbps"], "is not LOW:HIGH"),
     (["--bandwidth-range", "10mbps:1mbps"], "0 < LOW < HIGH"),
     (["--workload", "training", "--exits", "auto"], "no early exits"),
-    (["--exits", "auto", "--objective", "cost"], "cannot be combined with them yet"),
-    (["--exits", "auto", "--slo-ms", "100"], "cannot be combined with them yet"),
+    (["--slo-quantile", "p90", "--slo-ms", "100"], "--slo-quantile must be one of p50, p99, got 'p90'"),
 ])
 def test_bad_planner_flags_give_one_line(capsys, args, message):
     code, out, err = run_cli(capsys, "plan", *MODEL, *CHAIN, *args, "-q")

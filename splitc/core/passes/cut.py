@@ -1,4 +1,21 @@
-"""``cut``: one sub-``GraphModule`` per tier that runs something.
+"""``cut``: one sub-``GraphModule`` per tier that runs something -- or per *segment* of it.
+
+A tier's range of nodes is cut further, on the same tier, after every node marked
+:data:`SEGMENT_END` (``insert_exits`` marks each exit's confidence): each segment is a
+partition of its own, run in order by the tier, with the exit rule applied between
+segments by the runtime. The values a segment passes to the next stay in the tier's
+process (no encoding, not a transfer).
+
+Why segments and not control flow inside one ONNX graph: an ``If`` node whose branches
+return differently shaped values (an exit's class scores vs. a feature map) is what users of
+``torch.onnx.export`` and TensorRT report failing -- data-dependent control flow does not
+trace with ``torch.fx``/``torch.jit.trace``, ``torch.cond`` requires both branches to return
+the same shapes and dtypes, and TensorRT's ``IIfConditionalLayer`` (the ONNX parser's
+``If``) requires both branches' outputs to have matching shapes. A segment is a plain static
+graph like any partition: its ops are checked against
+``splitc/backends/data/tensorrt_onnx_ops.json`` (TensorRT's ONNX-parser list) by the
+TensorRT recipe, it gets its own Triton model, and ONNX Runtime runs it unchanged. The cost
+is one extra session call per segment (a few microseconds).
 
 Each partition takes as placeholders the values it reads from upstream (named
 after the producing node, which is also the wire name in the manifest) and
@@ -31,8 +48,11 @@ from splitc.core.graph import COMPUTE_OPS, model_output_names
 #: node.meta key this pass reads: a node marked True is an output of the partition holding it, whether or
 #: not a later tier reads it (insert_exits marks each exit's scores and confidence this way).
 PARTITION_OUTPUT = "splitc.partition_output"
+#: node.meta key this pass reads: a node marked True ends a segment, so the partition of the tier running it
+#: is cut right after it, on the same tier (insert_exits marks each exit's confidence: the exit rule runs there).
+SEGMENT_END = "splitc.segment_end"
 
-__all__ = ["PARTITION_OUTPUT", "Partition", "CutPass", "cut_graph", "append_output_transform", "append_joint_transform",
+__all__ = ["PARTITION_OUTPUT", "SEGMENT_END", "Partition", "segment_bounds", "CutPass", "cut_graph", "append_output_transform", "append_joint_transform",
            "prepend_input_transform", "refresh_examples"]
 
 
@@ -42,7 +62,8 @@ class Partition:
 
     Attributes:
         index: partition number in chain order (tiers that run nothing have none).
-        tier_index: position of its tier in the chain.
+        tier_index: position of its tier in the chain (several partitions share it when the tier is
+            cut into segments).
         start, end: compute-node range ``[start, end)``.
         graph_module: the sub-graph, ``forward(*inputs) -> tuple(outputs)``.
         inputs: names of the values it reads, in placeholder order.
@@ -68,23 +89,41 @@ class Partition:
         return sum(t.numel() * t.element_size() for t in self.graph_module.state_dict().values())
 
 
-def cut_graph(gm: torch.fx.GraphModule, bounds: list[tuple[int, int]], crossing_after: list[set[str]]) -> list[Partition]:
+def cut_graph(gm: torch.fx.GraphModule, bounds: list[tuple[int, int]], crossing_after: list[set[str]],
+              tier_of: list[int] | None = None) -> list[Partition]:
     """Build one partition per non-empty ``[start, end)`` range.
 
     Args:
         gm: the profiled graph module.
-        bounds: per tier, its compute-node range.
-        crossing_after: per tier, names of the values crossing its right-hand cut
-            (for the last tier: the model outputs).
+        bounds: per tier (or per segment), its compute-node range, in chain order.
+        crossing_after: per range, names of the values crossing its right-hand cut
+            (for the last: the model outputs).
+        tier_of: the tier of each range; None = range ``i`` is tier ``i``.
     """
     compute = [n for n in gm.graph.nodes if n.op in COMPUTE_OPS]
     partitions = []
-    for tier_index, (start, end) in enumerate(bounds):
+    for i, (start, end) in enumerate(bounds):
         if end <= start:
             continue
         members = compute[start:end]
-        partitions.append(_build(gm, len(partitions), tier_index, start, end, members, crossing_after[tier_index]))
+        tier_index = i if tier_of is None else tier_of[i]
+        partitions.append(_build(gm, len(partitions), tier_index, start, end, members, crossing_after[i]))
     return partitions
+
+
+def segment_bounds(gm: torch.fx.GraphModule, candidates, cuts: tuple[int, ...], tiers: int
+                   ) -> list[tuple[int, int, int]]:
+    """``(tier, start, end)`` of every non-empty segment: each tier's range cut after its :data:`SEGMENT_END` nodes."""
+    n = len(candidates.nodes)
+    by_name = {node.name: node for node in gm.graph.nodes}
+    ends = sorted(i + 1 for i, name in enumerate(candidates.nodes) if by_name[name].meta.get(SEGMENT_END))
+    edges = [0, *cuts, n]
+    out = []
+    for t in range(tiers):
+        start, end = edges[t], edges[t + 1]
+        points = [start, *(j for j in ends if start < j < end), end]
+        out.extend((t, a, b) for a, b in zip(points, points[1:]) if b > a)
+    return out
 
 
 def _build(gm, index, tier_index, start, end, members, crossing: set[str]) -> Partition:
@@ -122,19 +161,22 @@ class CutPass(Pass):
     def run(self, gm, ctx) -> PassResult:
         plan = ctx.plan_result.best
         n = len(ctx.candidates.nodes)
-        edges = [0, *plan.cuts, n]
-        bounds = [(edges[t], edges[t + 1]) for t in range(len(ctx.tiers))]
+        segments = segment_bounds(gm, ctx.candidates, plan.cuts, len(ctx.tiers))
         outputs = set(model_output_names(gm))
         kept = {node.name for node in gm.graph.nodes if node.meta.get(PARTITION_OUTPUT)}  # e.g. exit scores
         crossing_after = [set(ctx.candidates.cuts[end].crossing) | (outputs if end == n else set()) | kept
-                          for _, end in bounds]
-        partitions = cut_graph(gm, bounds, crossing_after)
+                          for _, _, end in segments]
+        partitions = cut_graph(gm, [(s, e) for _, s, e in segments], crossing_after, [t for t, _, _ in segments])
         placeholder_names = [node.name for node in gm.graph.nodes if node.op == "placeholder"]
         with torch.no_grad():
             values = run_partitions(partitions, placeholder_names, ctx.example_inputs, record_inputs=True)
             _check_composition(gm, values, ctx.example_inputs)
         ctx.partitions = partitions
-        sizes = ", ".join(f"{ctx.tiers[p.tier_index].name}: {p.end - p.start} nodes" for p in partitions)
+        counts: dict[int, list[int]] = {}
+        for p in partitions:
+            counts.setdefault(p.tier_index, []).append(p.end - p.start)
+        sizes = ", ".join(f"{ctx.tiers[t].name}: {sum(c)} nodes" + (f" in {len(c)} segments" if len(c) > 1 else "")
+                          for t, c in counts.items())
         return PassResult(gm, modified=False, summary=f"{len(partitions)} partition(s) ({sizes}); composition checked")
 
 
