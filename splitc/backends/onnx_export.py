@@ -20,6 +20,7 @@ import torch
 
 from splitc.errors import SplitcError
 from splitc.core.passes.cut import Partition
+from splitc.core.tracing import quiet_native_stderr
 
 __all__ = ["ExportedPartition", "export_partition", "MIN_OPSET"]
 
@@ -59,8 +60,23 @@ def export_partition(part: Partition, path: Path, opset: int = MIN_OPSET, simpli
         model, simplified = _simplify(model, part, notes)
     _check_names(model, part)
     onnx.save(model, str(path))
-    ops = sorted({node.op_type for node in model.graph.node})
+    ops = sorted(_op_types(model.graph))
     return ExportedPartition(path, exporter, simplified, ops, notes)
+
+
+def _op_types(graph: onnx.GraphProto) -> set[str]:
+    """Op types of ``graph`` and of its subgraphs (If/Loop/Scan bodies: a detector's NonMaxSuppression
+    sits inside an If), so backend support checks see every op."""
+    ops = set()
+    for node in graph.node:
+        ops.add(node.op_type)
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                ops |= _op_types(attr.g)
+            elif attr.type == onnx.AttributeProto.GRAPHS:
+                for sub in attr.graphs:
+                    ops |= _op_types(sub)
+    return ops
 
 
 def _export(part: Partition, opset: int, notes: list[str]) -> tuple[onnx.ModelProto, str]:
@@ -93,7 +109,8 @@ def _simplify(model: onnx.ModelProto, part: Partition, notes: list[str]) -> tupl
     import onnxsim
 
     try:
-        simplified, ok = onnxsim.simplify(model)
+        with quiet_native_stderr():  # onnxsim's C++ optimizer prints a line per constant it cannot fold
+            simplified, ok = onnxsim.simplify(model)
     except Exception as exc:  # onnxsim raises plain RuntimeErrors from C++
         ok, reason = False, str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
     else:

@@ -231,6 +231,8 @@ class PlanResult:
             privacy profile, leakage), fastest first; the chosen plan is among them.
         variants: with ``--bandwidth-range``, the plans optimal across the range of the first
             link's bandwidth, each with the range where it wins (see planning/plan.py).
+        inputs: the model inputs planned for (name, shape, dtype, and ``assumed`` when splitc had to
+            assume a size: a plan for an assumed shape is only as good as the assumption).
     """
 
     tiers: list[str]
@@ -242,12 +244,14 @@ class PlanResult:
     objective: dict[str, Any] = field(default_factory=lambda: {"name": "latency"})
     pareto: list[PlanChoice] = field(default_factory=list)
     variants: list[dict[str, Any]] = field(default_factory=list)
+    inputs: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self, include_ranking: bool = False) -> dict[str, Any]:
         out = {
             "objective": self.objective.get("name", "latency"),
             "objective_settings": dict(self.objective),
             "forced": self.forced,
+            **({"inputs": self.inputs} if self.inputs else {}),
             "tiers": list(self.tiers),
             "links": [link.to_dict() for link in self.links],
             **self.best.to_dict(),

@@ -11,6 +11,7 @@ from typing import Any
 
 from splitc.compression.settings import CompressionSettings
 from splitc.core.accuracy import AccuracyTarget
+from splitc.core.loader import InputSettings
 from splitc.core.options import CompileOptions
 from splitc.errors import SplitcError
 from splitc.exits.settings import ExitSettings
@@ -32,6 +33,7 @@ def validate_options(options: CompileOptions, *, compile: bool) -> list[Any]:
         raise SplitcError(f"compile emits inference bundles; --workload {options.workload} is for 'splitc plan'",
                           "plan the split-learning step with: splitc plan --workload training")
     return [
+        InputSettings.from_options(options),
         AccuracyTarget.from_options(options),
         PlanSettings.from_options(options),
         ExitSettings.from_options(options),

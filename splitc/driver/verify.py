@@ -21,6 +21,8 @@ import torch
 from splitc.core.calibration import as_samples
 from splitc.core.compare import VerifyReport, compare_arrays
 from splitc.compression.settings import agreement_ok, lossy_bundle
+from splitc.core.call_adapter import apply_call_record
+from splitc.core.detectors import check_detections, explain_runtime_failure
 from splitc.core.loader import InputSpec, load_model, make_example_inputs, parameter_fingerprint, sha256_file
 from splitc.errors import SplitcError
 from splitc.runtime.runner import BundleRunner, load_manifest
@@ -44,6 +46,8 @@ def reload_model(manifest: dict[str, Any]) -> torch.nn.Module:
         module = load_model(str(path)).module
     else:
         module = load_model(source["spec"], seed=source["seed"]).module
+    # called as it was compiled: named inputs, fixed kwargs, flat named outputs; a detector split (core/call_adapter.py)
+    module = apply_call_record(module, source.get("call"), [i["shape"] for i in manifest["model"]["inputs"]])
     if parameter_fingerprint(module) != manifest["model"]["parameters_sha256"]:
         raise SplitcError("the reloaded model's weights differ from the compiled ones",
                           "the factory's initialisation is not reproducible here (another torch version?); "
@@ -107,18 +111,31 @@ def verify_bundle(bundle: str | Path, module: torch.nn.Module | None = None, inp
     for case in cases:
         with torch.no_grad():
             expected, _ = torch.utils._pytree.tree_flatten(module(*[torch.tensor(a) for a in case]))  # copies
-        got = runner.run({s.name: a for s, a in zip(specs, case)})
+        try:
+            got = runner.run({s.name: a for s, a in zip(specs, case)})
+        except Exception as exc:  # a detector left with no proposals: one line (splitc.core.detectors)
+            raise explain_runtime_failure(manifest, exc) or exc from None
         pairs = [(o["name"], got[o["name"]], w.detach().numpy()) for o, w in zip(manifest["model"]["outputs"], expected)]
         if boundary_reference is not None:
             reference = boundary_reference(case)
             pairs += [(f"wire tensor {n}", v, reference[n]) for n, v in runner.received.items()]
+        # a detector's boxes/scores/labels: compared as matched sets (splitc.core.detectors.check_detections)
+        last = manifest["partitions"][-1]["index"]
+        handled, results = check_detections(manifest, got, {n: w for n, _, w in pairs}, rtol, atol, None
+                                            if boundary_reference is None else lambda: runner.run_partition(
+                                                last, {**{s.name: a for s, a in zip(specs, case)}, **reference}))
+        for name, err, rel, ok in results:
+            passed &= ok
+            worst = (err, rel, name) if rel >= worst[1] else worst
+        pairs = [p for p in pairs if p[0] not in handled]
         for name, value, want in pairs:
             err, rel, ok = compare_arrays(value, want, rtol, atol)
             passed &= ok or lossy
             if rel >= worst[1]:
                 worst = (err, rel, name)
-        _warn_if_constant(pairs[: len(expected)])
-        agree.append(bool(np.argmax(pairs[0][1]) == np.argmax(pairs[0][2])))
+        _warn_if_constant(pairs[: len(expected) - len(handled)])
+        if pairs:
+            agree.append(bool(np.argmax(pairs[0][1]) == np.argmax(pairs[0][2])))
     if lossy:
         passed &= agreement_ok(manifest, agree)
     exits = None
