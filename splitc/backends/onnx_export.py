@@ -39,6 +39,7 @@ from torch import nn
 
 from splitc.errors import SplitcError
 from splitc.core.passes.cut import Partition
+from splitc.core.tracing import quiet_native_stderr
 
 __all__ = ["ExportedPartition", "ExportReport", "export_partition", "export_partitions", "MIN_OPSET"]
 
@@ -119,8 +120,23 @@ def export_partition(part: Partition, path: Path, opset: int = MIN_OPSET, simpli
         model, simplified = _simplify(model, part, notes)
     _check_names(model, part)
     onnx.save(model, str(path))
-    ops = sorted({node.op_type for node in model.graph.node})
+    ops = sorted(_op_types(model.graph))
     return ExportedPartition(path, exporter, simplified, ops, notes)
+
+
+def _op_types(graph: onnx.GraphProto) -> set[str]:
+    """Op types of ``graph`` and of its subgraphs (If/Loop/Scan bodies: a detector's NonMaxSuppression
+    sits inside an If), so backend support checks see every op."""
+    ops = set()
+    for node in graph.node:
+        ops.add(node.op_type)
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                ops |= _op_types(attr.g)
+            elif attr.type == onnx.AttributeProto.GRAPHS:
+                for sub in attr.graphs:
+                    ops |= _op_types(sub)
+    return ops
 
 
 def _export(part: Partition, opset: int, notes: list[str]) -> tuple[onnx.ModelProto, str]:
@@ -153,7 +169,8 @@ def _simplify(model: onnx.ModelProto, part: Partition, notes: list[str]) -> tupl
     import onnxsim
 
     try:
-        simplified, ok = onnxsim.simplify(model)
+        with quiet_native_stderr():  # onnxsim's C++ optimizer prints a line per constant it cannot fold
+            simplified, ok = onnxsim.simplify(model)
     except Exception as exc:  # onnxsim raises plain RuntimeErrors from C++
         ok, reason = False, str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
     else:
@@ -263,7 +280,8 @@ def _weightless_simplify(model: onnx.ModelProto) -> onnx.ModelProto | None:
     import onnxsim
 
     skeleton, large = _set_weights_aside(model)
-    simplified, ok = onnxsim.simplify(skeleton)
+    with quiet_native_stderr():  # onnxsim's C++ optimizer prints a line per constant it cannot fold
+        simplified, ok = onnxsim.simplify(skeleton)
     if not ok or [i.name for i in simplified.graph.input if i.name not in large] != [i.name for i in model.graph.input]:
         return None
     return _with_weights(simplified, large)
@@ -284,7 +302,8 @@ def _simplify_whole(model: onnx.ModelProto, notes: list[str]) -> tuple[onnx.Mode
         fast = _weightless_simplify(model)
         if fast is not None and [o.name for o in fast.graph.output] == names[1]:
             return fast, True
-        simplified, ok = onnxsim.simplify(model)
+        with quiet_native_stderr():
+            simplified, ok = onnxsim.simplify(model)
     except Exception as exc:  # onnxsim raises plain RuntimeErrors from C++
         ok, reason = False, str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
     else:
@@ -374,7 +393,7 @@ def export_partitions(partitions: Sequence[Partition], paths: Sequence[Path], op
     results = []
     for part, piece, path in zip(partitions, pieces, paths):
         onnx.save(piece, str(path))
-        ops = sorted({node.op_type for node in piece.graph.node})
+        ops = sorted(_op_types(piece.graph))
         results.append(ExportedPartition(Path(path), "torchscript", simplified, ops, list(notes)))
     seconds["save"] = time.perf_counter() - start
     return ExportReport(results, "stitched", "", seconds)

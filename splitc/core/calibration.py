@@ -22,7 +22,8 @@ import numpy as np
 from splitc.core.loader import InputSpec
 from splitc.errors import SplitcError
 
-__all__ = ["CalibrationData", "load_calibration", "as_samples", "MIN_SAMPLES"]
+__all__ = ["CalibrationData", "load_calibration", "as_samples", "calibration_input_shapes",
+           "calibration_named_inputs", "MIN_SAMPLES"]
 
 #: Fewer samples than this cannot train, calibrate and evaluate on disjoint splits.
 MIN_SAMPLES = 64
@@ -161,3 +162,29 @@ def calibration_input_shapes(path: str | Path) -> list[tuple[int, ...]] | None:
     except Exception:
         return None
     return [(1, *shape[1:])] if len(shape) >= 2 else None
+
+
+def calibration_named_inputs(path: str | Path) -> list[InputSpec]:
+    """Batch-1 input specs read from a ``calib.npz`` keyed by input name (no ``x``; ``y`` = labels).
+
+    ``{"input_ids": [S, 64] int64, "attention_mask": [S, 64] int64, "y": [S]}`` gives
+    ``input_ids 1x64 int64`` and ``attention_mask 1x64 int64``: a text model's calibration data
+    names its inputs, as ``--input`` would. Floating arrays are float32 inputs, integer arrays
+    int64, booleans bool. Returns ``[]`` when the file has ``x`` or cannot be read
+    (``load_calibration`` reports that).
+    """
+    try:
+        with np.load(Path(path), allow_pickle=False) as archive:
+            files = list(getattr(archive, "files", ()))
+            if not files or "x" in files:
+                return []
+            arrays = {k: (archive[k].shape, archive[k].dtype) for k in files if k != "y"}
+    except Exception:
+        return []
+    specs = []
+    for name, (shape, dtype) in arrays.items():
+        if len(shape) < 2:
+            return []
+        kind = "float32" if np.issubdtype(dtype, np.floating) else "bool" if dtype == np.bool_ else "int64"
+        specs.append(InputSpec(name, (1, *map(int, shape[1:])), kind))
+    return specs

@@ -62,6 +62,10 @@ class CompileOptions:
         bandwidth_range: ``LO:HI`` of the first link (``--bandwidth-range``): emit the plans optimal
             across the range and the bandwidths where the optimum switches.
         workload: ``inference`` or ``training`` (split learning: backward pass and gradients back).
+        inputs: named model inputs as given (``--input input_ids:1x64:int64``): any ``forward``
+            argument by name, shape and dtype; optional arguments not given keep their defaults.
+        keep_cache: keep ``use_cache`` at the model's default (``--keep-cache``): a decoder's KV
+            cache becomes named outputs; by default one forward pass with ``use_cache=False``.
     """
 
     targets: tuple[str, ...]
@@ -100,6 +104,9 @@ class CompileOptions:
     max_dcor: float | None = None
     bandwidth_range: str | None = None
     workload: str = "inference"
+    # models as users have them (issue 18): named inputs, the KV cache of a decoder
+    inputs: tuple[str, ...] = ()
+    keep_cache: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v)

@@ -269,6 +269,8 @@ class PlanResult:
             link's bandwidth, each with the range where it wins (see planning/plan.py).
         figures: per tier, whether its compute time is measured (``splitc profile --model``) or
             predicted by the cost model (``tier``, ``nodes``, ``measured_nodes``, ``compute``).
+        inputs: the model inputs planned for (name, shape, dtype, and ``assumed`` when splitc had to
+            assume a size: a plan for an assumed shape is only as good as the assumption).
     """
 
     tiers: list[str]
@@ -281,12 +283,14 @@ class PlanResult:
     pareto: list[PlanChoice] = field(default_factory=list)
     variants: list[dict[str, Any]] = field(default_factory=list)
     figures: list[dict[str, Any]] = field(default_factory=list)
+    inputs: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self, include_ranking: bool = False) -> dict[str, Any]:
         out = {
             "objective": self.objective.get("name", "latency"),
             "objective_settings": dict(self.objective),
             "forced": self.forced,
+            **({"inputs": self.inputs} if self.inputs else {}),
             "tiers": list(self.tiers),
             "links": [link.to_dict() for link in self.links],
             **self.best.to_dict(),

@@ -34,8 +34,14 @@ def _split_csv(values: tuple[str, ...]) -> tuple[str, ...]:
 
 
 def _options(target: str, targets_file, bandwidth, rtt_ms, split, **extra):
+    """CompileOptions of a model command; ``--input``/``--keep-cache`` come from the click context
+    (:func:`_remember_model_call`), so the commands' signatures need not list them."""
     from splitc.core.options import CompileOptions
 
+    context = click.get_current_context(silent=True)
+    if context is not None:
+        extra.setdefault("inputs", tuple(context.meta.get("splitc.inputs", ())))
+        extra.setdefault("keep_cache", bool(context.meta.get("splitc.keep_cache", False)))
     names = tuple(t.strip() for t in target.split(","))
     try:
         rtts = tuple(float(r) for r in _split_csv(rtt_ms))
@@ -51,6 +57,12 @@ def _shapes(input_shape: tuple[str, ...]):
     return [parse_input_shape(s) for s in input_shape]
 
 
+def _remember_model_call(ctx: click.Context, param: click.Parameter, value):
+    """Keep ``--input``/``--keep-cache`` for :func:`_options` (parsed once, in splitc.driver.validate)."""
+    ctx.meta[f"splitc.{param.name}"] = value
+    return value
+
+
 def _model_options(func):
     decorators = [
         click.argument("model"),
@@ -61,6 +73,12 @@ def _model_options(func):
         click.option("--input-shape", multiple=True,
                      help="Static input shape, e.g. 1,3,224,224 (one per model input; inferred when possible)."),
         click.option("--input-dtype", multiple=True, help="Input dtype (default float32; one for all or one per input)."),
+        click.option("--input", "inputs", multiple=True, expose_value=False, callback=_remember_model_call,
+                     help="A model input by name: NAME:SHAPE[:DTYPE], e.g. input_ids:1x64:int64 (repeatable; any "
+                          "forward() argument; optional ones not given keep their defaults)."),
+        click.option("--keep-cache", "keep_cache", is_flag=True, expose_value=False, callback=_remember_model_call,
+                     help="Decoders: keep use_cache at the model's default, the KV cache becomes named outputs "
+                          "(default: one forward pass with use_cache=False)."),
         click.option("--bandwidth", multiple=True,
                      help="Link bandwidth, e.g. 20mbps: one value for every link or one per link (comma-separated)."),
         click.option("--rtt-ms", multiple=True, help="Link round-trip time in ms: one for every link or one per link."),

@@ -88,15 +88,16 @@ def build_manifest(*, ctx, gm: torch.fx.GraphModule, loaded, traced, exported: l
     nodes = {n.name: n for n in gm.graph.nodes}
     plan = ctx.plan_result
     producer = {name: p.index for p in ctx.partitions for name in p.outputs}
+    model = _model_section(gm, nodes, loaded, traced, ctx)
     return {
         "schema_version": SCHEMA_VERSION,
         "generator": {"name": "splitc", "version": splitc.__version__,
                       "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")},
-        "model": _model_section(gm, nodes, loaded, traced, ctx),
+        "model": model,
         "tiers": [_tier_entry(i, t, ctx, tier_dirs[i]) for i, t in enumerate(ctx.tiers)],
         "partitions": [_partition_entry(p, e, nodes, ctx, tier_dirs) for p, e in zip(ctx.partitions, exported)],
         "transfers": _transfers(plan, ctx, nodes, producer),
-        "exits": _exits(ctx),
+        "exits": _exits(ctx, model["outputs"][0]["name"]),
         **({"exit_calibration": dict(ctx.exits.summary)}
            if getattr(ctx, "exits", None) is not None and ctx.exits.chosen else {}),
         "plan": {**plan.to_dict(), **({"compression": ctx.compression.to_dict()} if ctx.compression is not None else {})},
@@ -107,22 +108,25 @@ def build_manifest(*, ctx, gm: torch.fx.GraphModule, loaded, traced, exported: l
     }
 
 
-def _exits(ctx) -> list[dict[str, Any]]:
+def _exits(ctx, output_name: str = "output_0") -> list[dict[str, Any]]:
     """Early exits (issue 3): see splitc.exits.heads.exits_manifest (exits need a one-output classifier)."""
     setup = getattr(ctx, "exits", None)
     if setup is None or not setup.chosen:
         return []
     from splitc.exits.heads import exits_manifest
 
-    return exits_manifest(setup, ctx.partitions, setup.tensor_names, "output_0")
+    return exits_manifest(setup, ctx.partitions, setup.tensor_names, output_name)
 
 
 def _model_section(gm, nodes, loaded, traced, ctx) -> dict[str, Any]:
     from splitc.core.graph import model_output_names
     from splitc.core.loader import parameter_fingerprint
 
-    outputs = [{"name": f"output_{i}", **{k: v for k, v in tensor_entry(nodes[t]).items() if k != "name"},
-                "tensor": t} for i, t in enumerate(model_output_names(gm))]
+    tensors = model_output_names(gm)
+    names = traced.output_names if traced.output_names and len(traced.output_names) == len(tensors) else \
+        [f"output_{i}" for i in range(len(tensors))]  # the model's own names (logits, boxes, ...) when it has them
+    outputs = [{"name": name, **{k: v for k, v in tensor_entry(nodes[t]).items() if k != "name"}, "tensor": t}
+               for name, t in zip(names, tensors)]
     compute = [nodes[n] for n in ctx.candidates.nodes]
     return {
         "source": loaded.source,

@@ -28,18 +28,20 @@ from splitc.compression.insert_bottleneck import InsertBottleneckPass
 from splitc.compression.prune import PrunePass
 from splitc.compression.quantize_transfer import QuantizeTransferPass
 from splitc.compression.settings import adjust_problem
-from splitc.core.calibration import calibration_input_shapes, load_calibration
+from splitc.core.calibration import calibration_input_shapes, calibration_named_inputs, load_calibration
+from splitc.core.call_adapter import adapt_model
 from splitc.core.context import CompileContext
-from splitc.core.loader import (LoadedModel, TracedModel, infer_input_specs, load_model, make_example_inputs,
-                                sha256_file, trace_model)
+from splitc.core.loader import (InputSettings, InputSpec, LoadedModel, TracedModel, infer_input_specs, load_model,
+                                make_example_inputs, sha256_file, trace_model)
 from splitc.core.options import CompileOptions
 from splitc.core.pass_manager import Pass, PassManager
 from splitc.core.passes.candidates import CandidatesPass
 from splitc.core.passes.cut import CutPass
 from splitc.core.passes.eliminate_dead_code import EliminateDeadCodePass
-from splitc.core.passes.fold_constants import FoldConstantsPass
+from splitc.core.passes.fold_constants import FoldConstantsPass, RefoldConstantsPass
 from splitc.core.passes.fold_static_shapes import FoldStaticShapesPass
 from splitc.core.passes.profile import ProfilePass
+from splitc.core.passes.recompute_masks import RecomputeMasksPass
 from splitc.driver.bundle import check_output_dir, staging_dir
 from splitc.driver.manifest import build_manifest, tier_dir_names, validate_manifest
 from splitc.driver.report import format_plan_report
@@ -71,6 +73,10 @@ def default_passes() -> list[Pass]:
         ProfilePass(),           # every later step reads its shapes, FLOPs and bytes
         FoldStaticShapesPass(),  # needs the profiled constant values; leaves only tensor edges,
                                  # so no cut ever has to ship a Python int
+        RefoldConstantsPass(),   # after static shapes: arange(x.size(1)) is arange(64) only now, so position ids
+                                 # and constant masks become buffers instead of crossing every cut
+        RecomputeMasksPass(),    # after the folds: masks derived from an input are recomputed on each tier and
+                                 # the small input crosses instead; before candidates, which see the final graph
         ReorderForCutPass(),     # DAG min cut: reorders so its placement is a prefix cut; before candidates
         CandidatesPass(),        # after folding: enumerates cuts of the final graph
         PrivacyProfilePass(),    # privacy requested: leakage proxy of every candidate; before plan, which weighs it
@@ -103,10 +109,14 @@ def prepare(model: str, options: CompileOptions, input_shapes: list[tuple[int, .
     settings = validate_options(options, compile=compile)  # bad flags fail before any tracing or training
     tiers = TargetRegistry.with_builtins(options.targets_files).resolve_chain(options.targets)
     loaded = load_model(model, seed=options.seed)
-    if not input_shapes and options.calib:  # the calibration data shows the real input shape
-        input_shapes = calibration_input_shapes(options.calib)
-    specs = infer_input_specs(loaded, list(input_shapes or []), list(input_dtypes or []))
+    inputs = next(s for s in settings if isinstance(s, InputSettings))
+    specs = _input_specs(loaded, options, inputs, list(input_shapes or []), list(input_dtypes or []))
+    # named/optional inputs, ModelOutput and cache outputs (call adapter); a detector split into body and tail
+    loaded.module, call, notes = adapt_model(loaded.module, specs, keep_cache=inputs.keep_cache)
+    if call is not None:  # recorded so that 'splitc verify' calls the reloaded model the same way
+        loaded.source = {**loaded.source, "call": call}
     traced = trace_model(loaded.module, specs)
+    traced.notes.extend(notes)
     placeholders = [n.name for n in traced.graph_module.graph.nodes if n.op == "placeholder"]
     if len(placeholders) != len(specs):
         raise SplitcError(f"the traced model has {len(placeholders)} inputs but {len(specs)} input shapes are known",
@@ -122,11 +132,23 @@ def prepare(model: str, options: CompileOptions, input_shapes: list[tuple[int, .
     return Prepared(loaded, traced, ctx)
 
 
+def _input_specs(loaded: LoadedModel, options: CompileOptions, inputs: InputSettings, shapes: list[tuple[int, ...]],
+                 dtypes: list[str]) -> list[InputSpec]:
+    """The model's inputs: the flags, else what ``--calib`` holds, else the file or the model itself."""
+    named = list(inputs.named)
+    if not shapes and not named and options.calib:  # the calibration data shows the real inputs
+        named = [] if dtypes or loaded.input_specs else calibration_named_inputs(options.calib)  # one per argument
+        if not named:
+            shapes = calibration_input_shapes(options.calib) or []  # 'x'
+    return infer_input_specs(loaded, shapes, dtypes, named)
+
+
 def plan_model(model: str, options: CompileOptions, input_shapes=None, input_dtypes=None) -> Prepared:
     """Run the analyses and the planner only (``splitc plan``)."""
     prepared = prepare(model, options, input_shapes, input_dtypes)
     passes = [p for p in default_passes() if not isinstance(p, CutPass) and "partitions" not in p.requires]
     prepared.traced.graph_module = PassManager(passes).run(prepared.traced.graph_module, prepared.ctx)
+    prepared.ctx.plan_result.inputs = [s.to_dict() for s in prepared.ctx.input_specs]  # plan.json says what is assumed
     return prepared
 
 
@@ -149,6 +171,7 @@ def compile_model(model: str, options: CompileOptions, out: str | Path, input_sh
     prepared = prepare(model, options, input_shapes, input_dtypes, compile=True)
     ctx = prepared.ctx
     gm = PassManager(default_passes(), dump_dir=dump_dir).run(prepared.traced.graph_module, ctx)
+    ctx.plan_result.inputs = [s.to_dict() for s in ctx.input_specs]  # the manifest's plan says what is assumed
     with staging_dir(out) as stage:
         folders = tier_dir_names([t.name for t in ctx.tiers])
         exported = _export_all(ctx, stage, folders)

@@ -11,6 +11,7 @@ from typing import Any
 
 from splitc.compression.settings import CompressionSettings
 from splitc.core.accuracy import AccuracyTarget
+from splitc.core.loader import InputSettings
 from splitc.core.options import CompileOptions
 from splitc.errors import SplitcError
 from splitc.exits.settings import ExitSettings
@@ -35,6 +36,7 @@ def validate_options(options: CompileOptions, *, compile: bool) -> list[Any]:
         raise SplitcError(f"--verify-samples {options.verify_samples} leaves verification nothing to run",
                           "give at least 1 (default 8), or --no-verify to skip verification")
     return [
+        InputSettings.from_options(options),
         AccuracyTarget.from_options(options),
         PlanSettings.from_options(options),
         ExitSettings.from_options(options),

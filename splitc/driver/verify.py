@@ -37,6 +37,8 @@ import torch
 from splitc.compression.settings import lossy_bundle
 from splitc.core.accuracy import AccuracyTarget, Verdict, paired_margin
 from splitc.core.calibration import as_samples
+from splitc.core.call_adapter import apply_call_record
+from splitc.core.detectors import check_detections, explain_runtime_failure
 from splitc.core.compare import FAILED, NOT_VERIFIED, PASSED, SKIPPED, Check, TensorCheck, Tolerance, VerifyReport
 from splitc.core.loader import InputSpec, load_model, make_example_inputs, parameter_fingerprint, sha256_file
 from splitc.errors import SplitcError
@@ -67,6 +69,8 @@ def reload_model(manifest: dict[str, Any]) -> torch.nn.Module:
         module = load_model(str(path)).module
     else:
         module = load_model(source["spec"], seed=source["seed"]).module
+    # called as it was compiled: named inputs, fixed kwargs, flat named outputs; a detector split (core/call_adapter.py)
+    module = apply_call_record(module, source.get("call"), [i["shape"] for i in manifest["model"]["inputs"]])
     if parameter_fingerprint(module) != manifest["model"]["parameters_sha256"]:
         raise SplitcError("the reloaded model's weights differ from the compiled ones",
                           "the factory's initialisation is not reproducible here (another torch version?); "
@@ -179,8 +183,12 @@ def check_contract(bundle: Path, manifest: dict[str, Any]) -> Check:
         graph = onnx.load(str(Path(bundle) / part["file"]), load_external_data=False).graph
         for side, values, specs in (("input", graph.input, part["inputs"]), ("output", graph.output, part["outputs"])):
             got = [(v.name, onnx.helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type).name,
-                    [d.dim_value for d in v.type.tensor_type.shape.dim]) for v in values]
-            want = [(s["name"], s["dtype"], list(s["shape"])) for s in specs]
+                    [d.dim_value if d.HasField("dim_value") else None for d in v.type.tensor_type.shape.dim])
+                   for v in values]
+            # a dynamic ONNX dimension (a detector's number of boxes) holds whatever size the manifest recorded
+            want = [(s["name"], s["dtype"], [None if g is not None and i < len(g[2]) and g[2][i] is None else d
+                                             for i, d in enumerate(s["shape"])])
+                    for s, g in zip(specs, [*got, *[None] * len(specs)])]
             if got != want:
                 diff = next(((g, w) for g, w in zip(got, want) if g != w), (got[len(want):] or None, want[len(got):]))
                 problems.append(f"partition {part['index']} ('{part['file']}') {side}s differ from the manifest: "
@@ -407,26 +415,43 @@ def _original_model_check(bundle: Path, manifest: dict[str, Any], module: torch.
     outputs = manifest["model"]["outputs"]
     checks = {o["name"]: TensorCheck(o["name"]) for o in outputs}
     got_top, want_top = [], []
+    detections: list[tuple[str, float, float, bool]] = []
     tolerance = Tolerance(report.rtol, report.atol, rule="float")
     for case in cases:
         with torch.no_grad():
             expected, _ = torch.utils._pytree.tree_flatten(module(*[torch.tensor(a) for a in case]))  # copies
-        got = runner.run(dict(zip(names, case)))
-        for o, want in zip(outputs, expected):
-            want = want.detach().numpy()
-            checks[o["name"]].add(got[o["name"]], want, tolerance)
-            if o is outputs[0]:
-                got_top.append(int(np.argmax(got[o["name"]])))
-                want_top.append(int(np.argmax(want)))
-        _warn_if_constant([(o["name"], w.detach().numpy()) for o, w in zip(outputs, expected)])
+        try:
+            got = runner.run(dict(zip(names, case)))
+        except Exception as exc:  # a detector left with no proposals: one line (splitc.core.detectors)
+            raise explain_runtime_failure(manifest, exc) or exc from None
+        wanted = {o["name"]: w.detach().numpy() for o, w in zip(outputs, expected)}
+        # a detector's boxes/scores/labels: compared as matched sets (splitc.core.detectors.check_detections)
+        handled, results = check_detections(manifest, got, wanted, report.rtol, report.atol)
+        detections += results
+        compared = [o["name"] for o in outputs if o["name"] not in handled]
+        for name in compared:
+            checks[name].add(got[name], wanted[name], tolerance)
+        if compared:  # the first output's top-1 (a classifier's class)
+            got_top.append(int(np.argmax(got[compared[0]])))
+            want_top.append(int(np.argmax(wanted[compared[0]])))
+        _warn_if_constant([(n, w) for n, w in wanted.items() if n not in handled])
+    checks = {n: c for n, c in checks.items() if n not in handled}
     source = "--inputs" if given else "seeded random inputs"
+    if detections and not checks:  # a detector: every output is a detection set
+        bad = [d for d in detections if not d[3]]
+        label, err, rel, _ = (bad or [max(detections, key=lambda d: d[2])])[0]
+        return Check("original model", FAILED if bad else PASSED,
+                     f"{len(cases)} sample(s) ({source}) against the reloaded PyTorch model: {label}: max error "
+                     f"{err:.3g} (relative {rel:.3g}){'' if bad else ', matched'}")
     if not lossy:
         for check in checks.values():
             report.note_worst(check)
         failed = [c for c in checks.values() if not c.passed]
+        bad = [d for d in detections if not d[3]]
         worst = (failed or [max(checks.values(), key=lambda c: c.rel_error)])[0]
-        return Check("original model", FAILED if failed else PASSED,
-                     f"{len(cases)} sample(s) ({source}) against the reloaded PyTorch model: {worst.line()}")
+        return Check("original model", FAILED if failed or bad else PASSED,
+                     f"{len(cases)} sample(s) ({source}) against the reloaded PyTorch model: {worst.line()}"
+                     + (f"; {bad[0][0]} differ (max error {bad[0][1]:.3g})" if bad else ""))
     recorded, met = _compile_verdict(manifest)
     if not given:  # the compile's held-out verdict stands only if there was one, and the numerics still match it
         status = SKIPPED if referenced and met else NOT_VERIFIED

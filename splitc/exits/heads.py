@@ -91,6 +91,7 @@ class ExitHead(nn.Module):
             self.grid, features = 0, feature_shape[-1]
         else:
             raise ValueError(f"exit features must be 2-D, 3-D or 4-D, got {list(feature_shape)}")
+        self.tokens = len(feature_shape) == 3  # decided here: fx cannot branch on x.dim() of a Proxy
         hidden = int(min(128, max(32, features // 2)))
         self.mlp = nn.Sequential(nn.Linear(features, hidden), nn.ReLU(), nn.Linear(hidden, classes))
 
@@ -98,7 +99,7 @@ class ExitHead(nn.Module):
         """Parameter-free part: what feature caching stores."""
         if self.grid:
             x = F.adaptive_avg_pool2d(x, self.grid)
-        elif x.dim() == 3:
+        elif self.tokens:  # [B, tokens, hidden] (a transformer's hidden state): mean over tokens
             x = x.mean(dim=1)
         return torch.flatten(x, 1)
 

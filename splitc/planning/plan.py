@@ -546,9 +546,9 @@ def forced_cuts(split: tuple[str, ...], candidates, problem: ChainProblem, tiers
             while cuts[-1] < len(candidates.nodes) and candidates.nodes[cuts[-1]] in attached:
                 cuts[-1] += 1
         except KeyError:
-            close = difflib.get_close_matches(name, candidates.nodes, n=5)
+            close = difflib.get_close_matches(name, candidates.names(), n=5)  # node names and module paths
             hint = f"did you mean: {', '.join(close)}?" if close else "run 'splitc plan' to list the nodes"
-            raise SplitcError(f"--split node '{name}' is not a node of the traced graph", hint) from None
+            raise SplitcError(f"--split node '{name}' is not a node or module of the traced graph", hint) from None
         cut = candidates.cuts[cuts[-1]]
         if not cut.legal and cut.index != len(candidates.nodes):
             raise SplitcError(f"cannot cut after '{name}': {cut.reason}", "pick a neighbouring node")
@@ -570,7 +570,8 @@ def _ranking(solution, candidates) -> list[list[dict]]:
         for cut in candidates.cuts:
             best = float(row[cut.index])
             entries.append({
-                "index": cut.index, "after": cut.after, "tensors": list(cut.crossing), "bytes": cut.bytes,
+                "index": cut.index, "after": cut.after, "block": cut.block, "tensors": list(cut.crossing),
+                "bytes": cut.bytes,
                 "legal": cut.legal, "reason": cut.reason,
                 "best_latency_s": best if np.isfinite(best) else None,
                 "plan": list(solution.plans_at[b][cut.index]) if solution.plans_at[b][cut.index] else None,

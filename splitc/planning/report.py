@@ -47,13 +47,15 @@ def format_plan_table(plan: PlanResult, top: int | None = 15) -> str:
         lines.append("")
         lines.append(f"boundary {b} ({plan.tiers[b]} | {plan.tiers[b + 1]}): {len(rows)} candidates, "
                      f"best {len(shown)} shown (all with --json)")
-        header = f"{'rank':>4} {'cut after':<32} {'crossing':>10} {'tensors':>7} {'best total ms':>13}  plan cuts"
+        header = f"{'rank':>4} {'cut after':<48} {'crossing':>10} {'tensors':>7} {'best total ms':>13}  plan cuts"
         lines.append(header)
         lines.append("-" * len(header))
         for rank, row in enumerate(shown, start=1):
             after = row["after"] or "<input>"
+            if row.get("block"):  # the module tree names the cut: "bert.encoder.layer.0 (layer_norm_2)"
+                after = f"{row['block']} ({after})"
             total = format_ms(row["best_latency_s"]) if row["legal"] else "illegal"
-            lines.append(f"{rank:>4} {after[:32]:<32} {format_bytes(row['bytes']):>10} {len(row['tensors']):>7} "
+            lines.append(f"{rank:>4} {after[:48]:<48} {format_bytes(row['bytes']):>10} {len(row['tensors']):>7} "
                          f"{total:>13}  {row['plan'] if row['plan'] else row['reason']}")
     return "\n".join(lines)
 

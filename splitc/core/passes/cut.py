@@ -147,7 +147,9 @@ def _build(gm, index, tier_index, start, end, members, crossing: set[str]) -> Pa
         env[node].meta = dict(node.meta)
     outputs = [n.name for n in members if n.name in crossing]
     graph.output(tuple(env[n] for n in members if n.name in crossing))
-    sub = torch.fx.GraphModule(gm, graph, class_name=f"Partition{index}")
+    # eval: torch.onnx.export restores the module's mode afterwards, recursively, and a GraphModule starts in
+    # training mode: exporting would switch shared submodules (a detector's post-processing leaf) to training
+    sub = torch.fx.GraphModule(gm, graph, class_name=f"Partition{index}").eval()
     return Partition(index, tier_index, start, end, sub, inputs, outputs)
 
 

@@ -82,3 +82,27 @@ def test_dead_code_would_keep_a_tuple_live():
     FoldStaticShapesPass().run(gm, ctx)
     candidates = compute_candidates(gm)  # without eliminate_dead_code: the unused getitem_1 reads 'attn'
     assert not candidates.cuts[candidates.index_of("getitem")].legal
+
+
+def test_cuts_are_named_after_the_blocks_they_follow():
+    from splitc.core.loader import InputSpec, trace_model
+
+    model = torch.nn.Sequential()
+    model.add_module("stem", torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU()))
+    model.add_module("block", torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU()))
+    gm = trace_model(model, [InputSpec("x", (1, 4))]).graph_module
+    ProfilePass().run(gm, make_context([(1, 4)]))
+    candidates = compute_candidates(gm)
+    assert candidates.index_of("stem") == 2 and candidates.index_of("block.0") == 3
+    assert [c.block for c in candidates.cuts] == ["", "stem.0", "stem", "block.0", "block"]
+    assert "stem" in candidates.names()
+
+
+def test_a_value_of_data_dependent_shape_never_crosses():
+    from splitc.core.detectors import DYNAMIC_SHAPE
+
+    gm = prepared(Chain)
+    node = next(n for n in gm.graph.nodes if n.op == "call_module")
+    node.meta[DYNAMIC_SHAPE] = True
+    cut = compute_candidates(gm).cuts[1]
+    assert not cut.legal and "data-dependent shape" in cut.reason
