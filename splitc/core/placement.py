@@ -231,6 +231,9 @@ class PlanResult:
             privacy profile, leakage), fastest first; the chosen plan is among them.
         variants: with ``--bandwidth-range``, the plans optimal across the range of the first
             link's bandwidth, each with the range where it wins (see planning/plan.py).
+        explanation: why this plan: the best plan of each kind (one tier only, mid cut, knobs not
+            given), the link-0 bandwidths where the optimum changes, and for a forced split the
+            optimum (see planning/explain.py).
     """
 
     tiers: list[str]
@@ -242,6 +245,7 @@ class PlanResult:
     objective: dict[str, Any] = field(default_factory=lambda: {"name": "latency"})
     pareto: list[PlanChoice] = field(default_factory=list)
     variants: list[dict[str, Any]] = field(default_factory=list)
+    explanation: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self, include_ranking: bool = False) -> dict[str, Any]:
         out = {
@@ -256,6 +260,8 @@ class PlanResult:
             out["pareto"] = [p.to_dict() for p in self.pareto]
         if self.variants:
             out["variants"] = [{k: v for k, v in entry.items() if k != "curve"} for entry in self.variants]
+        if self.explanation:
+            out["explanation"] = self.explanation
         if include_ranking:
             out["ranking"] = self.ranking
         return out

@@ -185,6 +185,7 @@ def compile(model, target, targets_file, input_shape, input_dtype, bandwidth, rt
     _setup_logging(verbose, quiet)
     from splitc.driver.pipeline import compile_model
     from splitc.driver.report import format_bundle_summary
+    from splitc.planning.report import format_explanation
 
     compression = _compression_settings(exit_flags)
     compression.update(_objective_settings(exit_flags))
@@ -195,6 +196,9 @@ def compile(model, target, targets_file, input_shape, input_dtype, bandwidth, rt
     result = compile_model(model, options, out, _shapes(input_shape), list(input_dtype), dump_dir=dump_dir)
     if not quiet:
         click.echo(format_bundle_summary(result.manifest))
+        explanation = format_explanation(result.manifest["plan"])  # the best plan of each kind: why this one
+        if explanation:
+            click.echo("\n".join(["", *explanation, ""]))
         click.echo(f"bundle: {Path(out).resolve()}")
 
 

@@ -29,6 +29,7 @@ from splitc.compression.quantize import quantize_partitions
 from splitc.compression.insert_bottleneck import InsertBottleneckPass
 from splitc.compression.prune import PrunePass
 from splitc.compression.quantize_transfer import QuantizeTransferPass
+from splitc.compression.what_if import untried_knobs
 from splitc.compression.settings import adjust_problem, quantized_partitions, verification_inputs, \
     verification_reference, verification_rtol
 from splitc.core.calibration import calibration_input_shapes, load_calibration
@@ -79,7 +80,7 @@ def default_passes() -> list[Pass]:
         PlanPass(adjusters=[     # reads profile + candidates; returns data, never edits the graph
             adjust_problem,      #   compression: wire bytes and coder time of the knobs
             plan_exits,          #   exits: thresholds chosen jointly with the cuts (the problem weighted by reach)
-        ]),
+        ], what_ifs=[untried_knobs]),  # the explanation: best plans with the compression flags not given
         InsertExitsPass(),       # after plan (which exits stay), before cut (exit outputs join their partition)
         CutPass(),               # needs the plan; checks the partitions compose to the original
         PrunePass(),             # --prune: needs the sending partition (after cut); re-profiles and re-cuts

@@ -14,7 +14,7 @@ from splitc.core.accuracy import AccuracyTarget
 from splitc.core.options import CompileOptions
 from splitc.errors import SplitcError
 from splitc.exits.settings import ExitSettings
-from splitc.planning.plan import PlanSettings
+from splitc.planning.plan import PlanSettings, check_link_flags
 from splitc.privacy.add_noise import NoiseSettings
 
 __all__ = ["validate_options"]
@@ -31,6 +31,7 @@ def validate_options(options: CompileOptions, *, compile: bool) -> list[Any]:
     if compile and options.workload != "inference":
         raise SplitcError(f"compile emits inference bundles; --workload {options.workload} is for 'splitc plan'",
                           "plan the split-learning step with: splitc plan --workload training")
+    check_link_flags(options)  # a bandwidth without unit fails here, not after tracing
     return [
         AccuracyTarget.from_options(options),
         PlanSettings.from_options(options),

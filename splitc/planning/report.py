@@ -5,9 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from splitc.core.placement import PlanResult
+from splitc.planning.explain import cut_label, describe_plan
 from splitc.units import format_bandwidth, format_bytes, format_seconds
 
-__all__ = ["format_plan_table", "format_objectives", "write_plan_report", "format_ms"]
+__all__ = ["format_plan_table", "format_objectives", "format_explanation", "describe_plan", "write_plan_report",
+           "format_ms"]
 
 
 def format_ms(seconds: float | None) -> str:
@@ -27,13 +29,15 @@ def format_plan_table(plan: PlanResult, top: int | None = 15) -> str:
     best = plan.best
     breakdown = " + ".join([*(f"{t} {format_ms(c)}" for t, c in zip(plan.tiers, best.compute_s)),
                             *(f"link{i} {format_ms(s)}" for i, s in enumerate(best.link_s))])
-    where = ", ".join(f"after {a}" if a else "before the first node (raw input)" for a in best.after) or "none"
-    lines.append(f"{'forced' if plan.forced else 'chosen'} plan: cut {where}; predicted {format_ms(best.latency_s)} ms "
-                 f"= {breakdown} (ms)")
+    lines.append(f"{'forced' if plan.forced else 'chosen'} plan: {_where(plan.to_dict().get('explanation', {}), best)}; "
+                 f"predicted {format_ms(best.latency_s)} ms = {breakdown} (ms)")
     if best.reach:  # early exits: latencies are expectations over requests; each tier's term is already weighted
         lines.append("early exits: expected latency over requests; share of requests reaching each tier: "
                      + ", ".join(f"{t} {r:.1%}" for t, r in zip(plan.tiers, best.reach)))
     lines.extend(format_objectives(plan))
+    explanation = format_explanation(plan.to_dict())
+    if explanation:
+        lines += ["", *explanation]
     for b, rows in enumerate(plan.ranking):
         shown = rows if top is None else rows[:top]
         lines.append("")
@@ -43,11 +47,65 @@ def format_plan_table(plan: PlanResult, top: int | None = 15) -> str:
         lines.append(header)
         lines.append("-" * len(header))
         for rank, row in enumerate(shown, start=1):
-            after = row["after"] or "<input>"
+            after = cut_label(row["after"])
             total = format_ms(row["best_latency_s"]) if row["legal"] else "illegal"
             lines.append(f"{rank:>4} {after[:32]:<32} {format_bytes(row['bytes']):>10} {len(row['tensors']):>7} "
                          f"{total:>13}  {row['plan'] if row['plan'] else row['reason']}")
     return "\n".join(lines)
+
+
+def _where(explanation: dict[str, Any], best) -> str:
+    """The chosen cuts in words, saying so when one tier does all the work."""
+    chosen = explanation.get("chosen")
+    if not chosen:
+        return "cut " + (", ".join(f"after {cut_label(a)}" for a in best.after) or "none")
+    return describe_plan(chosen)
+
+
+def _summary_row(entry: dict[str, Any], mark: str = " ") -> str:
+    label = entry["label"] + {"device only": " (device only)", "server only": " (server only)"}.get(entry["kind"], "")
+    latency = "no fit" if entry.get("latency_s") is None else f"{entry['latency_s'] * 1e3:.2f}"
+    sent = format_bytes(entry["bytes_sent"]) if entry.get("links_used") else "nothing"
+    note = f"; {entry['note']}" if entry.get("note") else ""
+    return f"{mark} {label:<46} {latency:>10} {sent:>12}  {describe_plan(entry)}{note}"
+
+
+def format_explanation(plan: dict[str, Any]) -> list[str]:
+    """Why this plan, from a plan dict (``PlanResult.to_dict()`` or a manifest's ``plan``): the best plan of
+    each kind beside the chosen one, the bandwidths where the choice changes, and a forced split's gap.
+
+    Returns:
+        Lines for the plan table, the compile output and report.md (empty without an explanation).
+    """
+    e = plan.get("explanation") or {}
+    if not e.get("kinds"):
+        return []
+    chosen = e["chosen"]
+    header = f"  {'best plan of each kind (predicted)':<46} {'latency ms':>10} {'sent/request':>12}  where"
+    lines = ["why this plan: the chosen plan (*) beside the best plan of each kind", header, "-" * (len(header) + 30)]
+    same = [k["kind"] != "compression" and k["cuts"] == chosen["cuts"] for k in e["kinds"]]
+    if not any(same):
+        lines.append(_summary_row(chosen, "*"))
+    lines += [_summary_row(k, "*" if match else " ") for k, match in zip(e["kinds"], same)]
+    optimum = e.get("optimum")
+    if optimum and optimum.get("latency_s") is not None and chosen.get("latency_s") is not None:
+        gap = chosen["latency_s"] - optimum["latency_s"]
+        lines.append(f"forced split: predicted {chosen['latency_s'] * 1e3:.2f} ms; the optimum ({describe_plan(optimum)}) "
+                     f"is {optimum['latency_s'] * 1e3:.2f} ms" +
+                     ("; the forced split is optimal" if gap <= 1e-12 else
+                      f"; gap {gap * 1e3:.2f} ms ({gap / optimum['latency_s']:.0%} slower)"))
+    links = plan.get("links") or []
+    if "switches" in e and links:
+        words = [f"{s['direction']} {format_bandwidth(s['bandwidth_bps'])} the optimum becomes {describe_plan(s['plan'])}"
+                 for s in e["switches"]]
+        floor = e.get("link_floor_s")
+        if floor is not None and not chosen.get("links_used") and not any(s["direction"] == "above"
+                                                                          for s in e["switches"]):
+            words.append(f"no faster link changes it: a plan using link 0 takes at least {floor * 1e3:.2f} ms even at "
+                         f"unlimited bandwidth (its round trip is {links[0]['rtt_s'] * 1e3:g} ms)")
+        lines.append(f"what would change it (link 0 is {format_bandwidth(links[0]['bandwidth_bps'])} now): "
+                     + ("; ".join(words) if words else "no other plan is optimal at any bandwidth"))
+    return lines
 
 
 def _usd(value: float | None) -> str:
@@ -56,7 +114,7 @@ def _usd(value: float | None) -> str:
 
 def _plan_row(choice, chosen: bool = False) -> str:
     m = choice.metrics
-    where = ", ".join(a or "<input>" for a in choice.after) or "-"
+    where = ", ".join(cut_label(a) for a in choice.after) or "-"
     dcor = "-" if m.get("dcor") is None else f"{m['dcor']:.3f}"
     return (f"{'*' if chosen else ' '} {where[:44]:<44} {format_ms(choice.latency_s):>9} {format_ms(m.get('p50_s')):>8} "
             f"{format_ms(m.get('p99_s')):>8} {_usd(m.get('usd_per_million')):>11} {dcor:>6}")
@@ -104,7 +162,7 @@ def format_objectives(plan: PlanResult, limit: int = 12) -> list[str]:
             if v["plan"] is None:
                 lines.append(f"  {lo} .. {hi}: {v['reason']}")
                 continue
-            where = ", ".join(c["after"] or "<input>" for c in v["plan"]["cuts"])
+            where = ", ".join(cut_label(c["after"]) for c in v["plan"]["cuts"])
             lines.append(f"  {lo} .. {hi}: cut after {where} ({format_ms(v['plan']['predicted']['latency_s'])} ms at "
                          f"{format_bandwidth(v['plan']['evaluated_at_bps'])})")
     return lines
@@ -132,7 +190,7 @@ def write_plan_report(plan: PlanResult, folder) -> list:
             seen.add(choice.cuts)
             points.append({"latency_s": choice.latency_s, "usd_per_million": choice.metrics.get("usd_per_million"),
                            "dcor": choice.metrics.get("dcor"), "pareto": any(p.cuts == choice.cuts for p in plan.pareto),
-                           "label": ", ".join(a or "input" for a in choice.after)})
+                           "label": ", ".join(cut_label(a) for a in choice.after)})
         files.append(plot_pareto(points, folder / "pareto.png", chosen=0))
     if plan.variants:
         files.append(plot_bandwidth_variants(_variant_curves(plan), folder / "variants.png"))
@@ -141,7 +199,7 @@ def write_plan_report(plan: PlanResult, folder) -> list:
 
 def _variant_curves(plan: PlanResult) -> list[dict[str, Any]]:
     """Each variant's predicted latency across the whole range (computed by the planner), for the plot."""
-    return [{"label": ", ".join(c["after"] or "input" for c in v["plan"]["cuts"]),
+    return [{"label": ", ".join(cut_label(c["after"]) for c in v["plan"]["cuts"]),
              "bandwidths_bps": v["curve"]["bandwidth_bps"], "latency_s": v["curve"]["latency_s"],
              "range_bps": tuple(v["range_bps"])}
             for v in plan.variants if v.get("plan") is not None and "curve" in v]
