@@ -42,6 +42,7 @@ from torch import nn
 
 from splitc.compression.settings import (AUTO_RATIOS, CompressionSettings, WireEncoding, bottleneck_ok, code_shape,
                                          compressed_problem, consumers_of, state_of)
+from splitc.compression.forced import missed
 from splitc.core.graph import model_output_names
 from splitc.core.passes.cut import (CutPass, append_output_transform, cut_graph, prepend_input_transform,
                                     refresh_examples)
@@ -179,12 +180,12 @@ class InsertBottleneckPass(Pass):
         for link, name in self._eligible_links(gm, ctx):
             trained = self._train_at(gm, ctx, state, ctx.plan_result.best.cuts[link], name, ratio, 1)
             verdict = state.guard.judge(f"--bottleneck {ratio:g} at '{name}'", trained.accuracy)
-            if not verdict.met:
-                log.warning("[insert_bottleneck] link %d ships the tensor without a bottleneck", link)
-                state.notes.append(f"{verdict.line()}; link {link} ships the tensor without a bottleneck")
-                continue
+            if not verdict.met:  # a ratio the user gave is a request: missing it fails the compile
+                larger = next((r for r in AUTO_RATIOS if r > ratio), None)
+                raise missed(verdict, (f"a larger ratio (--bottleneck {larger:g}), " if larger else "")
+                             + "or --bottleneck auto (falls back to no bottleneck when none meets the target)")
             chosen.append(trained)
-        if not chosen:  # the plan assumed a bottleneck: plan again without one
+        if not chosen:  # no used link can take one (warned per link): the plan assumed a bottleneck, plan again
             self._replan(gm, ctx, state, None)
         return chosen
 
@@ -242,7 +243,7 @@ class InsertBottleneckPass(Pass):
         if tried == 0:
             msg = (f"--bottleneck auto: no plan with a bottleneck is predicted faster than the plan without one "
                    f"({baseline * 1e3:.2f} ms); no bottleneck")
-            log.info("[insert_bottleneck] %s", msg)
+            log.warning("[insert_bottleneck] %s", msg)  # a flag without effect: said where -q does not hide it
         else:
             msg = (f"--bottleneck auto: none of the {tried} bottleneck(s) trained that would beat the plan without "
                    f"one ({baseline * 1e3:.2f} ms) meets the accuracy target; no bottleneck")

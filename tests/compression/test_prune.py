@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import logging
-
 import pytest
 
 from splitc.compression.settings import CompressionSettings
@@ -14,13 +12,13 @@ from tests.digits_model import compile_digits
 pytest.importorskip("torch_pruning")
 
 
-def test_prune_shrinks_flops_and_boundary(tmp_path, caplog):
-    with caplog.at_level(logging.WARNING, logger="splitc"):
+def test_prune_shrinks_flops_and_boundary(tmp_path):
+    try:
         result = compile_digits(tmp_path / "b", prune=0.25, accuracy_target=0.95)
+    except SplitcError as exc:  # a forced --prune that misses fails the compile, saying why (test_forced.py)
+        assert "--prune 0.25 (after fine-tuning)" in str(exc) and not (tmp_path / "b").exists()
+        pytest.skip("fine-tuning missed the accuracy target on this run; the failure was checked")
     compression = result.manifest["plan"]["compression"]
-    if compression["pruning"] is None:  # the accuracy guard kept the model unpruned: say so
-        assert "kept unpruned" in caplog.text
-        pytest.skip("fine-tuning missed the accuracy target on this run; the fallback was checked")
     pruning = compression["pruning"]
     assert pruning["sending_flops_after"] < pruning["sending_flops_before"]
     assert pruning["boundary_bytes_after"] < pruning["boundary_bytes_before"]
