@@ -49,6 +49,7 @@ from splitc.core.passes.cut import (CutPass, append_output_transform, cut_graph,
 from splitc.core.placement import evaluate_cuts
 from splitc.core.samples import run_chain
 from splitc.core.pass_manager import Pass, PassResult
+from splitc.core.progress import progress
 from splitc.errors import SplitcError
 
 __all__ = ["InsertBottleneckPass", "BottleneckEncoder", "BottleneckDecoder", "train_bottleneck", "MAX_TRIALS"]
@@ -125,7 +126,8 @@ def train_bottleneck(features: torch.Tensor, tail, teacher: torch.Tensor, labels
     power = float(features.pow(2).mean()) or 1.0
     soft = F.softmax(teacher / TEMPERATURE, dim=-1)
     start = time.perf_counter()
-    for epoch in range(epochs):
+    desc = " ".join(f"[insert_bottleneck] training {label} ratio {ratio:g} stride {stride}".split())
+    for _ in progress(range(epochs), desc, unit="epoch", every=10):
         for batch in torch.randperm(len(features)).split(64):
             x = features[batch]
             decoded = dec(enc(x))
@@ -138,9 +140,8 @@ def train_bottleneck(features: torch.Tensor, tail, teacher: torch.Tensor, labels
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-        if (epoch + 1) % 10 == 0 or epoch + 1 == epochs:
-            log.info("[insert_bottleneck] %s ratio %g stride %d: epoch %d/%d, loss %.4f (%.1fs)", label, ratio,
-                     stride, epoch + 1, epochs, loss.item(), time.perf_counter() - start)
+    log.info("[insert_bottleneck] %s ratio %g stride %d: %d epochs, final loss %.4f (%.1fs)", label, ratio, stride,
+             epochs, loss.item(), time.perf_counter() - start)
     return enc.eval(), dec.eval()
 
 

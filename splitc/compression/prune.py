@@ -39,6 +39,7 @@ from splitc.compression.settings import CompressionSettings, adjust_problem, sta
 from splitc.core.accuracy import predictions
 from splitc.core.samples import WholeGraph, run_chain
 from splitc.core.pass_manager import Pass, PassResult
+from splitc.core.progress import progress
 from splitc.core.passes.candidates import CandidatesPass
 from splitc.core.passes.cut import CutPass
 from splitc.core.passes.profile import ProfilePass
@@ -130,7 +131,7 @@ def _fine_tune(gm, state, teacher: torch.Tensor, seed: int) -> None:
     soft = F.softmax(teacher / TEMPERATURE, dim=-1)
     gm.eval()
     start = time.perf_counter()
-    for epoch in range(FINE_TUNE_EPOCHS):
+    for _ in progress(range(FINE_TUNE_EPOCHS), "[prune] fine-tuning the pruned model", unit="epoch", every=5):
         for batch in torch.randperm(len(inputs[0])).split(64):
             out = gm(*[x[batch] for x in inputs])
             out = out[0] if isinstance(out, (tuple, list)) else out
@@ -141,8 +142,8 @@ def _fine_tune(gm, state, teacher: torch.Tensor, seed: int) -> None:
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-        log.info("[prune] fine-tuning epoch %d/%d, loss %.4f (%.1fs)", epoch + 1, FINE_TUNE_EPOCHS, loss.item(),
-                 time.perf_counter() - start)
+    log.info("[prune] fine-tuned %d epochs, final loss %.4f (%.1fs)", FINE_TUNE_EPOCHS, loss.item(),
+             time.perf_counter() - start)
 
 
 def _recut(gm, ctx) -> None:
