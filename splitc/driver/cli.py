@@ -435,7 +435,7 @@ def privacy(model, target, targets_file, input_shape, input_dtype, bandwidth, rt
         from splitc.driver.pipeline import plan_model
 
         options = _options(target, targets_file, bandwidth, rtt_ms, split, seed=seed, calib=calib)
-        prepared = plan_model(model, options, _shapes(input_shape), list(input_dtype))
+        prepared = plan_model(model, options, _shapes(input_shape), list(input_dtype), skip=("privacy_profile",))
         ctx = prepared.ctx
         payload = priv.evaluate_model_privacy(prepared.traced.graph_module, ctx.candidates, ctx.plan_result,
                                               ctx.calibration, top=top, epochs=epochs, samples=samples,

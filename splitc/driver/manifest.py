@@ -19,7 +19,7 @@ import torch.fx
 import splitc
 from splitc.compression.settings import wire_entry
 from splitc.core.loader import dtype_name
-from splitc.core.passes.profile import FLOPS, OUT_BYTES
+from splitc.core.passes.profile import FLOPS, OUT_BYTES, weight_bytes
 
 __all__ = ["SCHEMA_VERSION", "build_manifest", "validate_manifest", "manifest_schema", "tensor_entry",
            "tier_dir_names"]
@@ -118,7 +118,7 @@ def _model_section(gm, nodes, loaded, traced, ctx) -> dict[str, Any]:
         "outputs": outputs,
         "nodes": len(compute),
         "flops": int(sum(n.meta.get(FLOPS, 0) for n in compute)),
-        "parameter_bytes": int(sum(p.numel() * p.element_size() for p in gm.parameters())),
+        "parameter_bytes": weight_bytes(gm),  # parameters and buffers, as each partition's parameter_bytes
     }
 
 

@@ -51,6 +51,7 @@ from splitc.driver.report import format_plan_report
 from splitc.driver.validate import validate_options
 from splitc.driver.verify import bundle_accuracy, verify_bundle
 from splitc.errors import SplitcError
+from splitc.units import format_bytes
 from splitc.exits.heads import plan_exits, verify_exits, write_exit_heads
 from splitc.exits.insert_exits import InsertExitsPass
 from splitc.exits.train_exits import TrainExitsPass
@@ -124,10 +125,13 @@ def prepare(model: str, options: CompileOptions, input_shapes: list[tuple[int, .
     return Prepared(loaded, traced, ctx)
 
 
-def plan_model(model: str, options: CompileOptions, input_shapes=None, input_dtypes=None) -> Prepared:
-    """Run the analyses and the planner only (``splitc plan``)."""
+def plan_model(model: str, options: CompileOptions, input_shapes=None, input_dtypes=None,
+               skip: tuple[str, ...] = ()) -> Prepared:
+    """Run the analyses and the planner only (``splitc plan``); ``skip`` names passes the caller does itself
+    (``splitc privacy`` measures leakage on its own, so the planner's privacy profile is not run or logged)."""
     prepared = prepare(model, options, input_shapes, input_dtypes)
-    passes = [p for p in default_passes() if not isinstance(p, CutPass) and "partitions" not in p.requires]
+    passes = [p for p in default_passes()
+              if not isinstance(p, CutPass) and "partitions" not in p.requires and p.name not in skip]
     prepared.traced.graph_module = PassManager(passes).run(prepared.traced.graph_module, prepared.ctx)
     return prepared
 
@@ -140,8 +144,11 @@ class CompileResult:
 
 
 def compile_model(model: str, options: CompileOptions, out: str | Path, input_shapes=None, input_dtypes=None,
-                  dump_dir: str | Path | None = None) -> CompileResult:
+                  dump_dir: str | Path | None = None, shown_as: str | None = None) -> CompileResult:
     """Compile ``model`` for the tier chain in ``options`` into the bundle folder ``out``.
+
+    ``shown_as`` names ``out`` in the log when it is inside a hidden staging folder (a bandwidth
+    variant is compiled into its parent's staging folder; the log names where it will be).
 
     Raises:
         SplitcError: on any user error; nothing is left at ``out`` then.
@@ -167,16 +174,16 @@ def compile_model(model: str, options: CompileOptions, out: str | Path, input_sh
         if ctx.accuracy is not None:  # every accuracy verdict of the compile, with its rule and numbers
             manifest["accuracy"] = ctx.accuracy.to_dict()
         if ctx.plan_result.variants:  # --bandwidth-range: one complete bundle per plan that wins somewhere
-            _write_variants(stage, model, options, ctx, manifest, input_shapes, input_dtypes)
+            _write_variants(stage, model, options, ctx, manifest, input_shapes, input_dtypes, out)
         _write_manifest(stage, manifest)
         (stage / "report.md").write_text(format_plan_report(manifest, ctx.plan_result), encoding="utf-8")
-    log.info("[bundle] wrote %s (%d partition(s), %d transfer(s))", out, len(manifest["partitions"]),
+    log.info("[bundle] wrote %s (%d partition(s), %d transfer(s))", shown_as or out, len(manifest["partitions"]),
              len(manifest["transfers"]))
     return CompileResult(out, manifest, prepared)
 
 
 def _write_variants(stage: Path, model: str, options: CompileOptions, ctx: CompileContext, manifest: dict[str, Any],
-                    input_shapes, input_dtypes) -> None:
+                    input_shapes, input_dtypes, out: Path) -> None:
     """Compile each bandwidth variant whose cuts differ from this bundle's into ``variants/v<i>/``.
 
     Each variant is a full compile with its cuts forced (``--split``) and the first link at
@@ -202,7 +209,7 @@ def _write_variants(stage: Path, model: str, options: CompileOptions, ctx: Compi
         log.info("[variants] %s: link 0 in [%.3g, %.3g] Mbps -> cut after %s", folder, lo / 1e6, hi / 1e6,
                  ", ".join(split))
         (stage / "variants").mkdir(exist_ok=True)
-        compile_model(model, sub, stage / folder, input_shapes, input_dtypes)
+        compile_model(model, sub, stage / folder, input_shapes, input_dtypes, shown_as=str(out / folder))
         variant["bundle"] = folder
     ctx.plan_result.variants = [{**v, **({"bundle": m["bundle"]} if "bundle" in m else {})}
                                 for v, m in zip(ctx.plan_result.variants, manifest["plan"]["variants"])]
@@ -218,8 +225,8 @@ def _export_all(ctx: CompileContext, stage: Path, folders: list[str]) -> list[di
         result = export_partition(part, path, opset=ctx.options.opset, simplify=ctx.options.simplify)
         elapsed = time.perf_counter() - start
         ctx.pass_timings[f"export.part{part.index}"] = elapsed
-        log.info("[export] partition %d -> %s/%s (%d nodes, %.1f MiB, %s exporter%s, %.2fs)", part.index,
-                 folders[part.tier_index], path.name, part.end - part.start, path.stat().st_size / 2**20,
+        log.info("[export] partition %d -> %s/%s (%d nodes, file %s, %s exporter%s, %.2fs)", part.index,
+                 folders[part.tier_index], path.name, part.end - part.start, format_bytes(path.stat().st_size),
                  result.exporter, ", simplified" if result.simplified else "", elapsed)
         exported.append({"file": f"{folders[part.tier_index]}/{path.name}", "sha256": sha256_file(path),
                          "exporter": result.exporter, "simplified": result.simplified,

@@ -503,10 +503,13 @@ def _ranking(solution, candidates) -> list[list[dict]]:
     tables = []
     for b, row in enumerate(solution.best_at):
         entries = []
+        last = len(candidates.nodes)
         for cut in candidates.cuts:
             best = float(row[cut.index])
+            used = cut.index < last  # a cut after the last node sends nothing: its link is unused
             entries.append({
-                "index": cut.index, "after": cut.after, "tensors": list(cut.crossing), "bytes": cut.bytes,
+                "index": cut.index, "after": cut.after, "tensors": list(cut.crossing) if used else [],
+                "bytes": cut.bytes if used else 0,
                 "legal": cut.legal, "reason": cut.reason,
                 "best_latency_s": best if np.isfinite(best) else None,
                 "plan": list(solution.plans_at[b][cut.index]) if solution.plans_at[b][cut.index] else None,

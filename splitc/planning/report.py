@@ -49,7 +49,8 @@ def format_plan_table(plan: PlanResult, top: int | None = 15) -> str:
         for rank, row in enumerate(shown, start=1):
             after = cut_label(row["after"])
             total = format_ms(row["best_latency_s"]) if row["legal"] else "illegal"
-            lines.append(f"{rank:>4} {after[:32]:<32} {format_bytes(row['bytes']):>10} {len(row['tensors']):>7} "
+            crossing = format_bytes(row["bytes"]) if row["tensors"] else "nothing"
+            lines.append(f"{rank:>4} {after[:32]:<32} {crossing:>10} {len(row['tensors']):>7} "
                          f"{total:>13}  {row['plan'] if row['plan'] else row['reason']}")
     return "\n".join(lines)
 
@@ -60,6 +61,18 @@ def _where(explanation: dict[str, Any], best) -> str:
     if not chosen:
         return "cut " + (", ".join(f"after {cut_label(a)}" for a in best.after) or "none")
     return describe_plan(chosen)
+
+
+def describe_choice(choice: dict[str, Any], tiers: list[str]) -> str:
+    """:func:`describe_plan` for a plan in manifest form (``PlanChoice.to_dict()``): a cut that sends no
+    tensor is after the last node (its link unused)."""
+    cuts = choice["cuts"]
+    used = [bool(c["tensors"]) for c in cuts]
+    bounds = [0, *[c["index"] for c in cuts]]
+    runs = [tiers[t] for t in range(len(tiers))
+            if (t < len(cuts) and bounds[t + 1] > bounds[t]) or (t == len(cuts) and (not cuts or used[-1]))]
+    entry = {"after": [cut_label(c["after"]) if u else None for c, u in zip(cuts, used)], "runs_on": runs}
+    return describe_plan(entry)
 
 
 def _summary_row(entry: dict[str, Any], mark: str = " ") -> str:
@@ -162,8 +175,8 @@ def format_objectives(plan: PlanResult, limit: int = 12) -> list[str]:
             if v["plan"] is None:
                 lines.append(f"  {lo} .. {hi}: {v['reason']}")
                 continue
-            where = ", ".join(cut_label(c["after"]) for c in v["plan"]["cuts"])
-            lines.append(f"  {lo} .. {hi}: cut after {where} ({format_ms(v['plan']['predicted']['latency_s'])} ms at "
+            where = describe_choice(v["plan"], plan.tiers)
+            lines.append(f"  {lo} .. {hi}: {where} ({format_ms(v['plan']['predicted']['latency_s'])} ms at "
                          f"{format_bandwidth(v['plan']['evaluated_at_bps'])})")
     return lines
 
@@ -191,7 +204,8 @@ def write_plan_report(plan: PlanResult, folder) -> list:
             points.append({"latency_s": choice.latency_s, "usd_per_million": choice.metrics.get("usd_per_million"),
                            "dcor": choice.metrics.get("dcor"), "pareto": any(p.cuts == choice.cuts for p in plan.pareto),
                            "label": ", ".join(cut_label(a) for a in choice.after)})
-        files.append(plot_pareto(points, folder / "pareto.png", chosen=0))
+        files.append(plot_pareto(points, folder / "pareto.png", chosen=0,
+                                 evaluated=plan.objective.get("plans_evaluated")))
     if plan.variants:
         files.append(plot_bandwidth_variants(_variant_curves(plan), folder / "variants.png"))
     return files
