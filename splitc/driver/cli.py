@@ -457,7 +457,7 @@ for _param in privacy.params:  # a bundle folder already fixes its tiers: --targ
 def _require_bundle(bundle: str) -> dict:
     import jsonschema
 
-    from splitc.driver.manifest import validate_manifest
+    from splitc.driver.schema import validate_manifest  # no torch: 'splitc run/serve' work on a runtime-only install
 
     path = Path(bundle) / "manifest.json"
     if not path.exists():
@@ -471,10 +471,22 @@ def _require_bundle(bundle: str) -> dict:
     return manifest
 
 
+#: Top-level modules of the compiler's dependencies (the 'compiler' extra): missing on a runtime-only install.
+COMPILER_MODULES = frozenset({"torch", "torchvision", "onnx", "onnxsim", "onnxscript", "yaml", "scipy", "matplotlib",
+                              "tqdm"})
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point."""
     try:
         code = cli.main(args=argv, prog_name="splitc", standalone_mode=False)
+    except ModuleNotFoundError as exc:  # a runtime-only install (pip install 'splitc[runtime]') has no compiler
+        if (exc.name or "").split(".")[0] not in COMPILER_MODULES:
+            raise
+        click.echo(f"error: this command needs the compiler, and its dependency '{exc.name}' is not installed "
+                   "(a runtime-only install runs bundles: 'splitc run', 'splitc serve'); "
+                   "install the compiler with: pip install 'splitc[compiler]'", err=True)
+        sys.exit(USER_ERROR_EXIT_CODE)
     except SplitcError as exc:
         click.echo(f"error: {exc.one_line()}", err=True)
         sys.exit(USER_ERROR_EXIT_CODE)

@@ -8,35 +8,20 @@ bundle); ``validate_manifest`` checks a document against it.
 from __future__ import annotations
 
 import datetime as _dt
-import json
-from functools import lru_cache
-from importlib import resources
 from typing import Any
 
-import jsonschema
 import torch.fx
 
 import splitc
 from splitc.compression.settings import wire_entry
 from splitc.core.loader import dtype_name
 from splitc.core.passes.profile import FLOPS, OUT_BYTES, weight_bytes
+from splitc.driver.schema import manifest_schema, validate_manifest  # torch-free: the runtime CLI reads it too
 
 __all__ = ["SCHEMA_VERSION", "build_manifest", "validate_manifest", "manifest_schema", "tensor_entry",
            "tier_dir_names"]
 
 SCHEMA_VERSION = "1.0"
-
-
-@lru_cache(maxsize=1)
-def manifest_schema() -> dict[str, Any]:
-    """The JSON Schema of manifest.json."""
-    text = resources.files("splitc.driver").joinpath("manifest.schema.json").read_text(encoding="utf-8")
-    return json.loads(text)
-
-
-def validate_manifest(manifest: dict[str, Any]) -> None:
-    """Raise ``jsonschema.ValidationError`` if ``manifest`` breaks the schema."""
-    jsonschema.validate(manifest, manifest_schema())
 
 
 def tier_dir_names(names: list[str]) -> list[str]:

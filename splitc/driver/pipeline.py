@@ -45,7 +45,7 @@ from splitc.core.passes.fold_constants import FoldConstantsPass
 from splitc.core.passes.fold_static_shapes import FoldStaticShapesPass
 from splitc.core.passes.profile import ProfilePass
 from splitc.core.samples import run_partitions
-from splitc.driver.bundle import check_output_dir, staging_dir
+from splitc.driver.bundle import check_output_dir, staging_dir, write_bundle_readme
 from splitc.driver.manifest import build_manifest, tier_dir_names, validate_manifest
 from splitc.driver.report import format_plan_report
 from splitc.driver.validate import validate_options
@@ -177,6 +177,7 @@ def compile_model(model: str, options: CompileOptions, out: str | Path, input_sh
             _write_variants(stage, model, options, ctx, manifest, input_shapes, input_dtypes, out)
         _write_manifest(stage, manifest)
         (stage / "report.md").write_text(format_plan_report(manifest, ctx.plan_result), encoding="utf-8")
+        write_bundle_readme(stage, manifest)  # per tier: what to install and the command that runs it
     log.info("[bundle] wrote %s (%d partition(s), %d transfer(s))", shown_as or out, len(manifest["partitions"]),
              len(manifest["transfers"]))
     return CompileResult(out, manifest, prepared)
