@@ -127,7 +127,7 @@ def _usd(value: float | None) -> str:
 
 def _plan_row(choice, chosen: bool = False) -> str:
     m = choice.metrics
-    where = ", ".join(cut_label(a) for a in choice.after) or "-"
+    where = ", ".join(cut_label(a) if sent else "-" for a, sent in zip(choice.after, choice.crossing)) or "-"
     dcor = "-" if m.get("dcor") is None else f"{m['dcor']:.3f}"
     return (f"{'*' if chosen else ' '} {where[:44]:<44} {format_ms(choice.latency_s):>9} {format_ms(m.get('p50_s')):>8} "
             f"{format_ms(m.get('p99_s')):>8} {_usd(m.get('usd_per_million')):>11} {dcor:>6}")
@@ -164,7 +164,8 @@ def format_objectives(plan: PlanResult, limit: int = 12) -> list[str]:
         lines.append("")
         lines.append(f"Pareto front: {len(plan.pareto)} plan(s) no other plan beats on every objective "
                      f"(* = chosen){'' if len(plan.pareto) <= limit else f'; fastest {limit} shown'}")
-        header = f"  {'cut(s) after':<44} {'mean ms':>9} {'p50 ms':>8} {'p99 ms':>8} {'$/M req':>11} {'dcor':>6}"
+        header = (f"  {'cut(s) after (- = link unused)':<44} {'mean ms':>9} {'p50 ms':>8} {'p99 ms':>8} "
+                  f"{'$/M req':>11} {'dcor':>6}")
         lines += [header, "-" * len(header)]
         lines += [_plan_row(p, p.cuts == plan.best.cuts) for p in plan.pareto[:limit]]
     if plan.variants:
