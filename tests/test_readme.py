@@ -6,12 +6,12 @@ before it wrote. Annotations are HTML comments on the line right above a block (
 
 * ``<!-- readme-test: skip: REASON -->`` -- not run (installing packages, running this test suite); the
   reason is required;
-* ``<!-- readme-test: expect: TEXT -->`` -- TEXT must appear in the block's output (a figure the README
-  quotes next to it); several may be stacked;
+* ``<!-- readme-test: expect: TEXT -->`` -- TEXT must appear in the block's output, runs of spaces aside
+  (a figure the README quotes next to it); several may be stacked;
 * ``<!-- readme-test: exit: N -->`` -- the block must fail with exit code N (an example of an error the
   README shows; the error is checked with ``expect``).
 
-The one change made to the commands: the serving example's port 8000 becomes a free port, so runs on a
+Set ``SPLITC_README_LOG=folder`` to keep each block's output there. The one change made to the commands: the serving example's port 8000 becomes a free port, so runs on a
 shared machine cannot collide. A block that leaves a process running (a server started with ``&``) is
 cleaned up with its process group.
 """
@@ -124,7 +124,13 @@ def test_every_readme_command_runs_in_order(tmp_path) -> None:
                 os.killpg(proc.pid, signal.SIGTERM)  # anything the block left running (a server)
             except ProcessLookupError:
                 pass
+        if os.environ.get("SPLITC_README_LOG"):  # keep every block's output (to update the figures the README quotes)
+            log_dir = Path(os.environ["SPLITC_README_LOG"])
+            log_dir.mkdir(parents=True, exist_ok=True)
+            (log_dir / f"line{block.line:04d}.txt").write_text(f"$ {code}\n{output}", encoding="utf-8")
         assert proc.returncode == block.exit, (f"README line {block.line}: exit {proc.returncode}, not {block.exit}:\n"
                                                f"{code}\n--- output (last 4000 characters) ---\n{output[-4000:]}")
+        flat = " ".join(output.split())  # column spacing is not part of a figure
         for text in block.expect:
-            assert text in output, f"README line {block.line}: '{text}' not in the output:\n{output[-4000:]}"
+            assert " ".join(text.split()) in flat, f"README line {block.line}: '{text}' not in the output:\n" \
+                                                   f"{output[-4000:]}"

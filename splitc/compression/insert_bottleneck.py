@@ -321,8 +321,8 @@ class InsertBottleneckPass(Pass):
         acc = state.guard.measure(preds)
         shape = [1, *train_x.shape[1:]]
         trained = Trained(name, ratio, stride, enc, dec, acc, list(shape), code_shape(list(shape), ratio, stride))
-        log.info("[insert_bottleneck] '%s' ratio %g stride %d: held-out accuracy %.4f (required %.4f)", name, ratio,
-                 stride, acc, state.required_accuracy)
+        log.info("[insert_bottleneck] '%s' ratio %g stride %d: held-out accuracy %.4f, margin %.4f (judged against "
+                 "the required %.4f next)", name, ratio, stride, acc, acc.margin, state.required_accuracy)
         self._cache[key] = trained
         return trained
 
