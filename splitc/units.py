@@ -30,6 +30,8 @@ from splitc.errors import SplitcError
 
 __all__ = [
     "parse_bandwidth",
+    "parse_link_bandwidth",
+    "LINK_BANDWIDTH_RANGE_BPS",
     "parse_bytes",
     "parse_flops",
     "parse_duration",
@@ -117,6 +119,43 @@ def parse_bandwidth(value: str | float) -> float:
     if number == 0:
         raise SplitcError(f"invalid bandwidth {value!r}: must be greater than zero", hint=_BANDWIDTH_EXAMPLES)
     return number * scale
+
+
+#: The link speeds splitc accepts, in bits/s: 1 kbps (below a slow LoRa or satellite telemetry link) to
+#: 10 Tbps (above any single network interface). A value outside is a unit mistake, not a link
+#: (``--bandwidth 20`` read as 20 bit/s would make every cut cost hours).
+LINK_BANDWIDTH_RANGE_BPS = (1e3, 1e13)
+
+
+def parse_link_bandwidth(value: str | float, source: str = "--bandwidth", require_unit: bool = True) -> float:
+    """Parse the bandwidth of a network link: :func:`parse_bandwidth` plus two checks against unit mistakes.
+
+    A string from the command line must name its unit (``--bandwidth 20`` is refused: 20 bit/s
+    or 20 Mbps?), as ``--rtt-ms`` names its own; and the rate must lie in
+    :data:`LINK_BANDWIDTH_RANGE_BPS`, which every real link does.
+
+    Args:
+        value: e.g. ``"20mbps"``; a bare number (bits/s) only when ``require_unit`` is False.
+        source: the flag or file field the value came from, for the error message.
+        require_unit: refuse a bare number (command-line flags); target files may give bits/s.
+
+    Returns:
+        The rate in bits per second.
+
+    >>> parse_link_bandwidth("20mbps")
+    20000000.0
+    """
+    number, unit = _split(value, "bandwidth", _BANDWIDTH_EXAMPLES)
+    if require_unit and unit == "":
+        raise SplitcError(f"{source} {value!r} has no unit (as a bare number it would mean {number:g} bit/s)",
+                          hint="write the unit, e.g. '20mbps' (megabits/s), '1.5gbps' or '100MB/s' (bytes/s)")
+    bps = parse_bandwidth(value)
+    low, high = LINK_BANDWIDTH_RANGE_BPS
+    if not low <= bps <= high:
+        raise SplitcError(f"{source} {value!r} is {format_bandwidth(bps)}, which no real network link has",
+                          hint=f"give a rate between {format_bandwidth(low)} and {format_bandwidth(high)} "
+                               "with its unit, e.g. '20mbps'")
+    return bps
 
 
 def parse_bytes(value: str | float) -> float:

@@ -14,6 +14,7 @@ from splitc.units import (
     parse_bytes,
     parse_duration,
     parse_flops,
+    parse_link_bandwidth,
 )
 
 
@@ -164,3 +165,42 @@ def test_seconds_round_trip(s: float) -> None:
 @pytest.mark.parametrize("ops", [236e9, 1.28e12, 989e12, 1.979e15])
 def test_flops_round_trip(ops: float) -> None:
     assert parse_flops(format_flops(ops)) == pytest.approx(ops, rel=5e-3)
+
+
+# -- link bandwidths: a unit is required on the command line, and the rate must be a real link's (issue 16.5)
+
+
+@pytest.mark.parametrize(("text", "bps"), [("20mbps", 20e6), ("1.5 Gbps", 1.5e9), ("100MB/s", 800e6), ("1kbps", 1e3)])
+def test_parse_link_bandwidth(text: str, bps: float) -> None:
+    assert parse_link_bandwidth(text) == pytest.approx(bps)
+
+
+def test_a_bare_number_on_the_command_line_is_refused_naming_what_it_would_mean() -> None:
+    with pytest.raises(SplitcError) as info:
+        parse_link_bandwidth("20")
+    assert "'20' has no unit" in str(info.value) and "20 bit/s" in str(info.value) and "20mbps" in str(info.value)
+
+
+@pytest.mark.parametrize("bad", ["20bps", "999 bps", "20 Pbps"])
+def test_rates_no_real_link_has_are_refused(bad: str) -> None:
+    with pytest.raises(SplitcError, match="no real network link"):
+        parse_link_bandwidth(bad)
+
+
+def test_target_files_may_give_bits_per_second_but_not_absurd_rates() -> None:
+    assert parse_link_bandwidth(20e6, "uplink bandwidth", require_unit=False) == 20e6
+    with pytest.raises(SplitcError, match="uplink bandwidth 20 is 20 bps"):
+        parse_link_bandwidth(20, "uplink bandwidth", require_unit=False)
+
+
+@pytest.mark.parametrize(("flag", "value", "needle"), [
+    ("--bandwidth", "20", "--bandwidth '20' has no unit"),
+    ("--bandwidth", "20bps", "no real network link"),
+    ("--bandwidth-range", "1:100mbps", "--bandwidth-range '1' has no unit"),
+])
+def test_cli_refuses_a_bandwidth_without_unit(flag: str, value: str, needle: str, capsys) -> None:
+    from tests.cli import run_cli
+
+    code, _, err = run_cli(capsys, "plan", "tests.models:Residual", "-t", "jetson,cloud-gpu", "--input-shape",
+                           "1,3,8,8", flag, value)
+    assert code == 2 and needle in err and len(err.strip().splitlines()) == 1

@@ -42,12 +42,14 @@ from torch import nn
 
 from splitc.compression.settings import (AUTO_RATIOS, CompressionSettings, WireEncoding, bottleneck_ok, code_shape,
                                          compressed_problem, consumers_of, state_of)
+from splitc.compression.forced import missed
 from splitc.core.graph import model_output_names
 from splitc.core.passes.cut import (CutPass, append_output_transform, cut_graph, prepend_input_transform,
                                     refresh_examples)
 from splitc.core.placement import evaluate_cuts
 from splitc.core.samples import run_chain
 from splitc.core.pass_manager import Pass, PassResult
+from splitc.core.progress import progress
 from splitc.errors import SplitcError
 
 __all__ = ["InsertBottleneckPass", "BottleneckEncoder", "BottleneckDecoder", "train_bottleneck", "MAX_TRIALS"]
@@ -124,7 +126,8 @@ def train_bottleneck(features: torch.Tensor, tail, teacher: torch.Tensor, labels
     power = float(features.pow(2).mean()) or 1.0
     soft = F.softmax(teacher / TEMPERATURE, dim=-1)
     start = time.perf_counter()
-    for epoch in range(epochs):
+    desc = " ".join(f"[insert_bottleneck] training {label} ratio {ratio:g} stride {stride}".split())
+    for _ in progress(range(epochs), desc, unit="epoch", every=10):
         for batch in torch.randperm(len(features)).split(64):
             x = features[batch]
             decoded = dec(enc(x))
@@ -137,9 +140,8 @@ def train_bottleneck(features: torch.Tensor, tail, teacher: torch.Tensor, labels
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-        if (epoch + 1) % 10 == 0 or epoch + 1 == epochs:
-            log.info("[insert_bottleneck] %s ratio %g stride %d: epoch %d/%d, loss %.4f (%.1fs)", label, ratio,
-                     stride, epoch + 1, epochs, loss.item(), time.perf_counter() - start)
+    log.info("[insert_bottleneck] %s ratio %g stride %d: %d epochs, final loss %.4f (%.1fs)", label, ratio, stride,
+             epochs, loss.item(), time.perf_counter() - start)
     return enc.eval(), dec.eval()
 
 
@@ -179,12 +181,12 @@ class InsertBottleneckPass(Pass):
         for link, name in self._eligible_links(gm, ctx):
             trained = self._train_at(gm, ctx, state, ctx.plan_result.best.cuts[link], name, ratio, 1)
             verdict = state.guard.judge(f"--bottleneck {ratio:g} at '{name}'", trained.accuracy)
-            if not verdict.met:
-                log.warning("[insert_bottleneck] link %d ships the tensor without a bottleneck", link)
-                state.notes.append(f"{verdict.line()}; link {link} ships the tensor without a bottleneck")
-                continue
+            if not verdict.met:  # a ratio the user gave is a request: missing it fails the compile
+                larger = next((r for r in AUTO_RATIOS if r > ratio), None)
+                raise missed(verdict, (f"a larger ratio (--bottleneck {larger:g}), " if larger else "")
+                             + "or --bottleneck auto (falls back to no bottleneck when none meets the target)")
             chosen.append(trained)
-        if not chosen:  # the plan assumed a bottleneck: plan again without one
+        if not chosen:  # no used link can take one (warned per link): the plan assumed a bottleneck, plan again
             self._replan(gm, ctx, state, None)
         return chosen
 
@@ -242,7 +244,7 @@ class InsertBottleneckPass(Pass):
         if tried == 0:
             msg = (f"--bottleneck auto: no plan with a bottleneck is predicted faster than the plan without one "
                    f"({baseline * 1e3:.2f} ms); no bottleneck")
-            log.info("[insert_bottleneck] %s", msg)
+            log.warning("[insert_bottleneck] %s", msg)  # a flag without effect: said where -q does not hide it
         else:
             msg = (f"--bottleneck auto: none of the {tried} bottleneck(s) trained that would beat the plan without "
                    f"one ({baseline * 1e3:.2f} ms) meets the accuracy target; no bottleneck")
@@ -319,8 +321,8 @@ class InsertBottleneckPass(Pass):
         acc = state.guard.measure(preds)
         shape = [1, *train_x.shape[1:]]
         trained = Trained(name, ratio, stride, enc, dec, acc, list(shape), code_shape(list(shape), ratio, stride))
-        log.info("[insert_bottleneck] '%s' ratio %g stride %d: held-out accuracy %.4f (required %.4f)", name, ratio,
-                 stride, acc, state.required_accuracy)
+        log.info("[insert_bottleneck] '%s' ratio %g stride %d: held-out accuracy %.4f, margin %.4f (judged against "
+                 "the required %.4f next)", name, ratio, stride, acc, acc.margin, state.required_accuracy)
         self._cache[key] = trained
         return trained
 

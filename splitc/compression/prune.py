@@ -16,8 +16,8 @@ FLOPs and -- when the last layer before the cut loses channels -- the boundary t
 * Then the graph is profiled again (new FLOPs and bytes), the candidates rebuilt, the
   chosen cuts re-evaluated with the new costs, and the partitions cut again.
 * Accuracy on the held-out split must meet ``--accuracy-target`` (with the paired
-  margin, see :class:`~splitc.compression.settings.Accuracy`); otherwise the unpruned
-  model is kept and a warning says so.
+  margin, see :mod:`splitc.core.accuracy`); otherwise the compile fails with the numbers
+  and what to relax (:mod:`splitc.compression.forced`): ``--prune`` is a request.
 
 Runs after ``cut`` (the plan says which nodes form the sending partition) and before
 ``insert_bottleneck`` (which trains on the pruned boundary tensor).
@@ -34,10 +34,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from splitc.compression.forced import missed
 from splitc.compression.settings import CompressionSettings, adjust_problem, state_of
 from splitc.core.accuracy import predictions
 from splitc.core.samples import WholeGraph, run_chain
 from splitc.core.pass_manager import Pass, PassResult
+from splitc.core.progress import progress
 from splitc.core.passes.candidates import CandidatesPass
 from splitc.core.passes.cut import CutPass
 from splitc.core.passes.profile import ProfilePass
@@ -76,9 +78,8 @@ class PrunePass(Pass):
         names = [s.name for s in ctx.input_specs]
         state.guard.ensure_reference(gm)
         teacher = run_chain([WholeGraph(gm, names)], names, state.calib.batch(state.train))[state.model_outputs[0]]
-        original = gm
         # prune a copy: the traced graph shares its modules with the loaded model, which stays the
-        # untouched reference (and the fallback when accuracy is missed)
+        # untouched reference
         gm = copy.deepcopy(gm)
         before = (first.flops, _boundary_bytes(ctx))
         sending = {n.target for n in first.graph_module.graph.nodes if n.op == "call_module"}
@@ -100,11 +101,8 @@ class PrunePass(Pass):
         values = run_chain([full], names, state.calib.batch(state.test))
         acc = state.guard.measure(predictions(values[state.model_outputs[0]]))
         verdict = state.guard.judge(f"--prune {settings.prune:g} (after fine-tuning)", acc)
-        if not verdict.met:
-            log.warning("[prune] the model is kept unpruned")
-            state.notes.append(verdict.line() + "; the model is kept unpruned")
-            _recut(original, ctx)
-            return PassResult(original, modified=False, summary="kept unpruned (accuracy target)")
+        if not verdict.met:  # a ratio the user gave is a request: missing it fails the compile
+            raise missed(verdict, f"prune less (e.g. --prune {settings.prune / 2:g})")
         _recut(gm, ctx)
         state.accuracy["prune"] = acc
         first = next(p for p in ctx.partitions if p.tier_index == 0)
@@ -133,7 +131,7 @@ def _fine_tune(gm, state, teacher: torch.Tensor, seed: int) -> None:
     soft = F.softmax(teacher / TEMPERATURE, dim=-1)
     gm.eval()
     start = time.perf_counter()
-    for epoch in range(FINE_TUNE_EPOCHS):
+    for _ in progress(range(FINE_TUNE_EPOCHS), "[prune] fine-tuning the pruned model", unit="epoch", every=5):
         for batch in torch.randperm(len(inputs[0])).split(64):
             out = gm(*[x[batch] for x in inputs])
             out = out[0] if isinstance(out, (tuple, list)) else out
@@ -144,8 +142,8 @@ def _fine_tune(gm, state, teacher: torch.Tensor, seed: int) -> None:
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-        log.info("[prune] fine-tuning epoch %d/%d, loss %.4f (%.1fs)", epoch + 1, FINE_TUNE_EPOCHS, loss.item(),
-                 time.perf_counter() - start)
+    log.info("[prune] fine-tuned %d epochs, final loss %.4f (%.1fs)", FINE_TUNE_EPOCHS, loss.item(),
+             time.perf_counter() - start)
 
 
 def _recut(gm, ctx) -> None:

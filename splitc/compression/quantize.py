@@ -25,7 +25,8 @@ produces *is* the deployable artifact, so it works where that artifact lives.
 Accuracy: the whole chain runs in ONNX Runtime on the held-out split. If it misses
 ``--accuracy-target``, the first and the last compute layer (conv / matmul / gemm) of
 every partition -- the usual sensitive ones -- are kept in float and it tries again;
-if it still misses, the partitions stay in float32 and a warning says so.
+if it still misses, the compile fails with the numbers and what to relax
+(:mod:`splitc.compression.forced`): the mode is a request, not a hint.
 
 Verification (``docs/verification.md``): the float exports are kept
 (``CompressionState.float_partitions``) so the driver can check them against PyTorch and
@@ -49,6 +50,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from splitc.compression.forced import missed
 from splitc.compression.settings import CompressionSettings, state_of
 from splitc.core.samples import run_chain
 
@@ -101,12 +103,8 @@ def quantize_partitions(ctx, gm, stage: Path, exported: list[dict]) -> None:
                      time.perf_counter() - start)
             break
         state.notes.append(verdict.line())
-    else:
-        for path, original in zip(paths, originals):
-            path.write_bytes(original)
-        msg = f"--quantize {settings.quantize}: partitions kept in float32 (accuracy target)"
-        log.warning(msg)
-        state.notes.append(msg)
+        if exclude_ends:  # both recipes missed: the mode the user gave is a request, so the compile fails
+            raise missed(verdict, "--quantize fp16" if settings.quantize == "int8" else "drop --quantize")
     _refresh(exported, paths)
 
 

@@ -271,6 +271,9 @@ class PlanResult:
             predicted by the cost model (``tier``, ``nodes``, ``measured_nodes``, ``compute``).
         inputs: the model inputs planned for (name, shape, dtype, and ``assumed`` when splitc had to
             assume a size: a plan for an assumed shape is only as good as the assumption).
+        explanation: why this plan: the best plan of each kind (one tier only, mid cut, knobs not
+            given), the link-0 bandwidths where the optimum changes, and for a forced split the
+            optimum (see planning/explain.py).
     """
 
     tiers: list[str]
@@ -284,6 +287,7 @@ class PlanResult:
     variants: list[dict[str, Any]] = field(default_factory=list)
     figures: list[dict[str, Any]] = field(default_factory=list)
     inputs: list[dict[str, Any]] = field(default_factory=list)
+    explanation: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self, include_ranking: bool = False) -> dict[str, Any]:
         out = {
@@ -301,6 +305,8 @@ class PlanResult:
             out["pareto"] = [p.to_dict() for p in self.pareto]
         if self.variants:
             out["variants"] = [{k: v for k, v in entry.items() if k != "curve"} for entry in self.variants]
+        if self.explanation:
+            out["explanation"] = self.explanation
         if include_ranking:
             out["ranking"] = self.ranking
         return out

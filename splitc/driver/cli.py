@@ -208,6 +208,7 @@ def compile(model, target, targets_file, input_shape, input_dtype, bandwidth, rt
     _setup_logging(verbose, quiet)
     from splitc.driver.pipeline import compile_model
     from splitc.driver.report import format_bundle_summary
+    from splitc.planning.report import format_explanation
 
     compression = _compression_settings(exit_flags)
     compression.update(_objective_settings(exit_flags))
@@ -218,6 +219,9 @@ def compile(model, target, targets_file, input_shape, input_dtype, bandwidth, rt
     result = compile_model(model, options, out, _shapes(input_shape), list(input_dtype), dump_dir=dump_dir)
     if not quiet:
         click.echo(format_bundle_summary(result.manifest))
+        explanation = format_explanation(result.manifest["plan"])  # the best plan of each kind: why this one
+        if explanation:
+            click.echo("\n".join(["", *explanation, ""]))
         click.echo(f"bundle: {Path(out).resolve()}")
 
 
@@ -545,7 +549,7 @@ def privacy(model, target, targets_file, input_shape, input_dtype, bandwidth, rt
         from splitc.driver.pipeline import plan_model
 
         options = _options(target, targets_file, bandwidth, rtt_ms, split, seed=seed, calib=calib)
-        prepared = plan_model(model, options, _shapes(input_shape), list(input_dtype))
+        prepared = plan_model(model, options, _shapes(input_shape), list(input_dtype), skip=("privacy_profile",))
         ctx = prepared.ctx
         payload = priv.evaluate_model_privacy(prepared.traced.graph_module, ctx.candidates, ctx.plan_result,
                                               ctx.calibration, top=top, epochs=epochs, samples=samples,
@@ -567,7 +571,7 @@ for _param in privacy.params:  # a bundle folder already fixes its tiers: --targ
 def _require_bundle(bundle: str) -> dict:
     import jsonschema
 
-    from splitc.driver.manifest import validate_manifest
+    from splitc.driver.schema import validate_manifest  # no torch: 'splitc run/serve' work on a runtime-only install
 
     path = Path(bundle) / "manifest.json"
     if not path.exists():
@@ -581,10 +585,22 @@ def _require_bundle(bundle: str) -> dict:
     return manifest
 
 
+#: Top-level modules of the compiler's dependencies (the 'compiler' extra): missing on a runtime-only install.
+COMPILER_MODULES = frozenset({"torch", "torchvision", "onnx", "onnxsim", "onnxscript", "yaml", "scipy", "matplotlib",
+                              "tqdm"})
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point."""
     try:
         code = cli.main(args=argv, prog_name="splitc", standalone_mode=False)
+    except ModuleNotFoundError as exc:  # a runtime-only install (pip install 'splitc[runtime]') has no compiler
+        if (exc.name or "").split(".")[0] not in COMPILER_MODULES:
+            raise
+        click.echo(f"error: this command needs the compiler, and its dependency '{exc.name}' is not installed "
+                   "(a runtime-only install runs bundles: 'splitc run', 'splitc serve'); "
+                   "install the compiler with: pip install 'splitc[compiler]'", err=True)
+        sys.exit(USER_ERROR_EXIT_CODE)
     except SplitcError as exc:
         click.echo(f"error: {exc.one_line()}", err=True)
         sys.exit(USER_ERROR_EXIT_CODE)

@@ -8,18 +8,15 @@ bundle); ``validate_manifest`` checks a document against it.
 from __future__ import annotations
 
 import datetime as _dt
-import json
-from functools import lru_cache
-from importlib import resources
 from typing import Any
 
-import jsonschema
 import torch.fx
 
 import splitc
 from splitc.compression.settings import wire_entry
 from splitc.core.loader import dtype_name
-from splitc.core.passes.profile import FLOPS, OUT_BYTES
+from splitc.core.passes.profile import FLOPS, OUT_BYTES, weight_bytes
+from splitc.driver.schema import manifest_schema, validate_manifest  # torch-free: the runtime CLI reads it too
 
 __all__ = ["SCHEMA_VERSION", "build_manifest", "validate_manifest", "manifest_schema", "tensor_entry",
            "tier_dir_names"]
@@ -27,30 +24,6 @@ __all__ = ["SCHEMA_VERSION", "build_manifest", "validate_manifest", "manifest_sc
 #: 1.1: ``tiers[i].partitions`` (a tier cut into segments around its early exits runs several partitions, in
 #: order; ``tiers[i].partition`` stays the first, for 1.0 readers), ``partitions[].segment``, exits inside a tier.
 SCHEMA_VERSION = "1.1"
-
-
-@lru_cache(maxsize=1)
-def manifest_schema() -> dict[str, Any]:
-    """The JSON Schema of manifest.json."""
-    text = resources.files("splitc.driver").joinpath("manifest.schema.json").read_text(encoding="utf-8")
-    return json.loads(text)
-
-
-@lru_cache(maxsize=1)
-def _validator() -> Any:
-    """One validator for the schema, its own validity checked once (``jsonschema.validate`` re-checks the
-    schema against the meta-schema on every call: most of a manifest validation's time)."""
-    schema = manifest_schema()
-    cls = jsonschema.validators.validator_for(schema)
-    cls.check_schema(schema)
-    return cls(schema)
-
-
-def validate_manifest(manifest: dict[str, Any]) -> None:
-    """Raise ``jsonschema.ValidationError`` if ``manifest`` breaks the schema."""
-    error = jsonschema.exceptions.best_match(_validator().iter_errors(manifest))
-    if error is not None:
-        raise error
 
 
 def tier_dir_names(names: list[str]) -> list[str]:
@@ -136,7 +109,7 @@ def _model_section(gm, nodes, loaded, traced, ctx) -> dict[str, Any]:
         "outputs": outputs,
         "nodes": len(compute),
         "flops": int(sum(n.meta.get(FLOPS, 0) for n in compute)),
-        "parameter_bytes": int(sum(p.numel() * p.element_size() for p in gm.parameters())),
+        "parameter_bytes": weight_bytes(gm),  # parameters and buffers, as each partition's parameter_bytes
     }
 
 

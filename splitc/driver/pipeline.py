@@ -27,6 +27,7 @@ from splitc.compression.quantize import quantize_partitions
 from splitc.compression.insert_bottleneck import InsertBottleneckPass
 from splitc.compression.prune import PrunePass
 from splitc.compression.quantize_transfer import QuantizeTransferPass
+from splitc.compression.what_if import untried_knobs
 from splitc.compression.settings import adjust_problem
 from splitc.core.calibration import calibration_input_shapes, calibration_named_inputs, load_calibration
 from splitc.core.call_adapter import adapt_model
@@ -42,7 +43,7 @@ from splitc.core.passes.fold_constants import FoldConstantsPass, RefoldConstants
 from splitc.core.passes.fold_static_shapes import FoldStaticShapesPass
 from splitc.core.passes.profile import ProfilePass
 from splitc.core.passes.recompute_masks import RecomputeMasksPass
-from splitc.driver.bundle import check_output_dir, staging_dir
+from splitc.driver.bundle import check_output_dir, staging_dir, write_bundle_readme
 from splitc.driver.manifest import build_manifest, tier_dir_names, validate_manifest
 from splitc.driver.report import format_plan_report
 from splitc.driver.validate import validate_options
@@ -50,6 +51,7 @@ from splitc.core.compare import FAILED, NOT_VERIFIED, PASSED, Check, VerifyRepor
 from splitc.driver.reference import build_reference
 from splitc.driver.verify import bundle_accuracy, check_contract, check_files, check_reference, record_artifact_hashes
 from splitc.errors import SplitcError
+from splitc.units import format_bytes
 from splitc.exits.heads import plan_exits
 from splitc.exits.verify_exits import QUANTIZED_TOLERANCES, verify_exits, write_exit_heads
 from splitc.exits.insert_exits import InsertExitsPass
@@ -84,7 +86,7 @@ def default_passes() -> list[Pass]:
         PlanPass(adjusters=[     # reads profile + candidates; returns data, never edits the graph
             adjust_problem,      #   compression: wire bytes and coder time of the knobs
             plan_exits,          #   exits: thresholds chosen jointly with the cuts (the problem weighted by reach)
-        ]),
+        ], what_ifs=[untried_knobs]),  # the explanation: best plans with the compression flags not given
         InsertExitsPass(),       # after plan (which exits stay), before cut (exit outputs join their partition)
         CutPass(),               # needs the plan; checks the partitions compose to the original
         PrunePass(),             # --prune: needs the sending partition (after cut); re-profiles and re-cuts
@@ -143,10 +145,13 @@ def _input_specs(loaded: LoadedModel, options: CompileOptions, inputs: InputSett
     return infer_input_specs(loaded, shapes, dtypes, named)
 
 
-def plan_model(model: str, options: CompileOptions, input_shapes=None, input_dtypes=None) -> Prepared:
-    """Run the analyses and the planner only (``splitc plan``)."""
+def plan_model(model: str, options: CompileOptions, input_shapes=None, input_dtypes=None,
+               skip: tuple[str, ...] = ()) -> Prepared:
+    """Run the analyses and the planner only (``splitc plan``); ``skip`` names passes the caller does itself
+    (``splitc privacy`` measures leakage on its own, so the planner's privacy profile is not run or logged)."""
     prepared = prepare(model, options, input_shapes, input_dtypes)
-    passes = [p for p in default_passes() if not isinstance(p, CutPass) and "partitions" not in p.requires]
+    passes = [p for p in default_passes()
+              if not isinstance(p, CutPass) and "partitions" not in p.requires and p.name not in skip]
     prepared.traced.graph_module = PassManager(passes).run(prepared.traced.graph_module, prepared.ctx)
     prepared.ctx.plan_result.inputs = [s.to_dict() for s in prepared.ctx.input_specs]  # plan.json says what is assumed
     return prepared
@@ -160,8 +165,11 @@ class CompileResult:
 
 
 def compile_model(model: str, options: CompileOptions, out: str | Path, input_shapes=None, input_dtypes=None,
-                  dump_dir: str | Path | None = None) -> CompileResult:
+                  dump_dir: str | Path | None = None, shown_as: str | None = None) -> CompileResult:
     """Compile ``model`` for the tier chain in ``options`` into the bundle folder ``out``.
+
+    ``shown_as`` names ``out`` in the log when it is inside a hidden staging folder (a bandwidth
+    variant is compiled into its parent's staging folder; the log names where it will be).
 
     Raises:
         SplitcError: on any user error; nothing is left at ``out`` then.
@@ -189,16 +197,17 @@ def compile_model(model: str, options: CompileOptions, out: str | Path, input_sh
         if ctx.accuracy is not None:  # every accuracy verdict of the compile, with its rule and numbers
             manifest["accuracy"] = ctx.accuracy.to_dict()
         if ctx.plan_result.variants:  # --bandwidth-range: one complete bundle per plan that wins somewhere
-            _write_variants(stage, model, options, ctx, manifest, input_shapes, input_dtypes)
+            _write_variants(stage, model, options, ctx, manifest, input_shapes, input_dtypes, out)
         _write_manifest(stage, manifest)
         (stage / "report.md").write_text(format_plan_report(manifest, ctx.plan_result), encoding="utf-8")
-    log.info("[bundle] wrote %s (%d partition(s), %d transfer(s))", out, len(manifest["partitions"]),
+        write_bundle_readme(stage, manifest)  # per tier: what to install and the command that runs it
+    log.info("[bundle] wrote %s (%d partition(s), %d transfer(s))", shown_as or out, len(manifest["partitions"]),
              len(manifest["transfers"]))
     return CompileResult(out, manifest, prepared)
 
 
 def _write_variants(stage: Path, model: str, options: CompileOptions, ctx: CompileContext, manifest: dict[str, Any],
-                    input_shapes, input_dtypes) -> None:
+                    input_shapes, input_dtypes, out: Path) -> None:
     """Compile each bandwidth variant whose cuts differ from this bundle's into ``variants/v<i>/``.
 
     Each variant is a full compile with its cuts forced (``--split``) and the first link at
@@ -224,7 +233,7 @@ def _write_variants(stage: Path, model: str, options: CompileOptions, ctx: Compi
         log.info("[variants] %s: link 0 in [%.3g, %.3g] Mbps -> cut after %s", folder, lo / 1e6, hi / 1e6,
                  ", ".join(split))
         (stage / "variants").mkdir(exist_ok=True)
-        compile_model(model, sub, stage / folder, input_shapes, input_dtypes)
+        compile_model(model, sub, stage / folder, input_shapes, input_dtypes, shown_as=str(out / folder))
         variant["bundle"] = folder
     ctx.plan_result.variants = [{**v, **({"bundle": m["bundle"]} if "bundle" in m else {})}
                                 for v, m in zip(ctx.plan_result.variants, manifest["plan"]["variants"])]
@@ -248,8 +257,8 @@ def _export_all(ctx: CompileContext, stage: Path, folders: list[str]) -> list[di
     log.info("[export] %d partition(s): %s (%s; %.2fs)", len(paths), how, steps, ctx.pass_timings["export"])
     exported = []
     for part, path, result in zip(ctx.partitions, paths, report.partitions):
-        log.info("[export] partition %d -> %s/%s (%d nodes, %.1f MiB, %s exporter%s)", part.index,
-                 folders[part.tier_index], path.name, part.end - part.start, path.stat().st_size / 2**20,
+        log.info("[export] partition %d -> %s/%s (%d nodes, file %s, %s exporter%s)", part.index,
+                 folders[part.tier_index], path.name, part.end - part.start, format_bytes(path.stat().st_size),
                  result.exporter, ", simplified" if result.simplified else "")
         exported.append({"file": f"{folders[part.tier_index]}/{path.name}", "sha256": sha256_file(path),
                          "exporter": result.exporter, "simplified": result.simplified,

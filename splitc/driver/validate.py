@@ -15,7 +15,7 @@ from splitc.core.loader import InputSettings
 from splitc.core.options import CompileOptions
 from splitc.errors import SplitcError
 from splitc.exits.settings import ExitSettings
-from splitc.planning.plan import PlanSettings
+from splitc.planning.plan import PlanSettings, check_link_flags
 from splitc.privacy.add_noise import NoiseSettings
 
 __all__ = ["validate_options"]
@@ -35,6 +35,7 @@ def validate_options(options: CompileOptions, *, compile: bool) -> list[Any]:
     if compile and options.verify and options.verify_samples < 1:
         raise SplitcError(f"--verify-samples {options.verify_samples} leaves verification nothing to run",
                           "give at least 1 (default 8), or --no-verify to skip verification")
+    check_link_flags(options)  # a bandwidth without unit fails here, not after tracing
     return [
         InputSettings.from_options(options),
         AccuracyTarget.from_options(options),

@@ -26,17 +26,25 @@ from splitc.planning.objectives import (SLO_QUANTILES, Scale, Weights, assess_pl
                                         constraint_violation, evaluate_plans, select_plan, weights_of)
 from splitc.core.placement import ChainProblem, evaluate_cuts
 from splitc.planning.chain import solve_chain
+from splitc.planning.explain import WhatIf, describe_plan, explain_plan
 from splitc.errors import SplitcError
 from splitc.core.graph import model_output_names
 from splitc.targets.cost_model import boundary_times, measured_mask, node_times
-from splitc.units import format_bytes, parse_bandwidth
+from splitc.units import format_bytes, parse_link_bandwidth
 from splitc.core.passes.cut import PARTITION_OUTPUT
 from splitc.core.passes.profile import PARAM_BYTES
 
-__all__ = ["PlanPass", "PlanSettings", "ChainPlanner", "resolve_links", "build_problem", "training_problem",
-           "bandwidth_variants", "figure_sources"]
+__all__ = ["PlanPass", "PlanSettings", "ChainPlanner", "check_link_flags", "resolve_links", "build_problem",
+           "training_problem", "bandwidth_variants", "figure_sources"]
 
 log = logging.getLogger("splitc")
+
+
+def check_link_flags(options) -> None:
+    """Parse every ``--bandwidth`` value once, before any work (a unit is required; see
+    :func:`splitc.units.parse_link_bandwidth`); the count is checked with the tiers in :func:`resolve_links`."""
+    for value in options.bandwidths:
+        parse_link_bandwidth(value)
 
 
 def resolve_links(tiers, bandwidths: tuple[str, ...], rtts_ms: tuple[float, ...]) -> list[LinkSpec]:
@@ -56,7 +64,7 @@ def resolve_links(tiers, bandwidths: tuple[str, ...], rtts_ms: tuple[float, ...]
         if (not bandwidths or not rtts_ms) and uplink is None:
             raise SplitcError(f"target '{sender.name}' has no default uplink to '{receiver.name}'",
                               "pass --bandwidth and --rtt-ms for this link")
-        bw = parse_bandwidth(bandwidths[i if len(bandwidths) > 1 else 0]) if bandwidths else uplink.bandwidth_bps
+        bw = parse_link_bandwidth(bandwidths[i if len(bandwidths) > 1 else 0]) if bandwidths else uplink.bandwidth_bps
         rtt = rtts_ms[i if len(rtts_ms) > 1 else 0] / 1e3 if rtts_ms else uplink.rtt_s
         links.append(LinkSpec(i, sender.name, receiver.name, float(bw), float(rtt),
                               _link_source(sender.name, bool(bandwidths), bool(rtts_ms))))
@@ -153,11 +161,12 @@ def choice(problem: ChainProblem, candidates, cuts: tuple[int, ...], metrics=Non
             j = entry["position"]
             entry["after"] = candidates.cuts[j].after
             entry["tier"] = int(np.searchsorted(np.asarray(bounds[1:]), j - 1, side="right"))  # tier running node j-1
+    used = [c < problem.n for c in cuts]  # a cut after the last node: nothing runs downstream, the link is unused
     return PlanChoice(
         cuts=tuple(cuts),
         after=tuple(candidates.cuts[c].after for c in cuts),
-        crossing=tuple(candidates.cuts[c].crossing for c in cuts),
-        crossing_bytes=tuple(candidates.cuts[c].bytes for c in cuts),
+        crossing=tuple(candidates.cuts[c].crossing if u else () for c, u in zip(cuts, used)),
+        crossing_bytes=tuple(candidates.cuts[c].bytes if u else 0 for c, u in zip(cuts, used)),
         compute_s=tuple(ev["compute"]),
         link_s=tuple(ev["links"]),
         memory_bytes=tuple(ev["memory"]),
@@ -170,8 +179,9 @@ def choice(problem: ChainProblem, candidates, cuts: tuple[int, ...], metrics=Non
 class ChainPlanner(Planner):
     """The planner's services for capabilities (``ctx.planner``; see :class:`splitc.core.placement.Planner`)."""
 
-    def __init__(self, adjusters: Sequence[ProblemAdjuster] = ()) -> None:
+    def __init__(self, adjusters: Sequence[ProblemAdjuster] = (), what_ifs: Sequence[WhatIf] = ()) -> None:
         self.adjusters = list(adjusters)
+        self.what_ifs = list(what_ifs)
 
     def base_problem(self, gm, ctx) -> ChainProblem:
         links = resolve_links(ctx.tiers, ctx.options.bandwidths, ctx.options.rtts_ms)
@@ -187,7 +197,7 @@ class ChainPlanner(Planner):
         return forced_cuts(ctx.options.split, ctx.candidates, problem, ctx.tiers)
 
     def replan(self, gm, ctx) -> None:
-        PlanPass(self.adjusters).run(gm, ctx)
+        PlanPass(self.adjusters, self.what_ifs).run(gm, ctx)
 
     def scorer(self, ctx, reference: ChainProblem) -> Scorer:
         """See :meth:`splitc.core.placement.Planner.scorer`.
@@ -245,21 +255,24 @@ class PlanPass(Pass):
         adjusters: capabilities' contributions to the problem, applied in order before solving
             (the driver hands them in: compression's wire bytes and coder time, then the exits'
             reach, chosen jointly with the cuts through ``ctx.planner``).
+        what_ifs: capabilities' "had the user given this flag" problems (compression's knobs not
+            given), whose best plans the explanation lists (:mod:`splitc.planning.explain`).
     """
 
     name = "plan"
     requires = ("splitc.profile", "candidates")
     provides = ("plan",)
 
-    def __init__(self, adjusters: Sequence[ProblemAdjuster] = ()) -> None:
+    def __init__(self, adjusters: Sequence[ProblemAdjuster] = (), what_ifs: Sequence[WhatIf] = ()) -> None:
         self.adjusters = list(adjusters)
+        self.what_ifs = list(what_ifs)
 
     def run(self, gm, ctx) -> PassResult:
         candidates = ctx.candidates
         if not candidates.nodes:
             raise SplitcError("the model has no operations to place")
         settings = ctx.settings_for(PlanSettings)
-        planner = ChainPlanner(self.adjusters)
+        planner = ChainPlanner(self.adjusters, self.what_ifs)
         ctx.planner = planner
         links = resolve_links(ctx.tiers, ctx.options.bandwidths, ctx.options.rtts_ms)
         problem = build_problem(gm, candidates, ctx.tiers, links)
@@ -269,6 +282,7 @@ class PlanPass(Pass):
             problem = training_problem(problem)
         dcor = ctx.privacy.dcor if getattr(ctx, "privacy", None) is not None else None
         names = [t.name for t in ctx.tiers]
+        cut_solution = None
         if len(ctx.tiers) == 1 or ctx.options.split:
             attached = {n.name for n in gm.graph.nodes if n.meta.get(PARTITION_OUTPUT)}  # e.g. exit heads
             cuts = forced_cuts(ctx.options.split, candidates, problem, ctx.tiers, attached) if ctx.options.split else ()
@@ -284,6 +298,7 @@ class PlanPass(Pass):
                 solution = solve_chain(problem)
             except ValueError:
                 raise _memory_error(problem, ctx.tiers) from None
+            cut_solution = solution
             metrics, selection = select(problem, ctx.tiers, settings, dcor, solution, candidates)
             best = choice(problem, candidates, tuple(metrics.cuts[selection.index]), metrics)
             ranking = _ranking(solution, candidates)
@@ -303,11 +318,16 @@ class PlanPass(Pass):
         indifference = cost_indifference(gm, candidates, ctx.tiers, best, problem)
         if indifference:
             objective["indifference"] = indifference
+        what_ifs = [w for what_if in self.what_ifs for w in what_if(problem, gm, ctx)]
+        explanation = explain_plan(problem, candidates, names, best.cuts, forced=forced,
+                                   bandwidth_bps=links[0].bandwidth_bps if links else None,
+                                   latency_objective=settings.default_objective, what_ifs=what_ifs,
+                                   solution=cut_solution)
         ctx.plan_result = PlanResult(names, links, best, forced, alternatives, ranking, objective, pareto, variants,
-                                     figures=figure_sources(gm, candidates, ctx.tiers, best))
+                                     figures=figure_sources(gm, candidates, ctx.tiers, best), explanation=explanation)
         summary = (f"{'forced' if forced else 'best'} cut(s): {best.describe()}; predicted "
-                   f"{best.latency_s * 1e3:.2f} ms{_cost_words(best)} ({len(candidates.cuts)} candidates, "
-                   f"objective {settings.name})")
+                   f"{best.latency_s * 1e3:.2f} ms{_cost_words(best)}{_gap_words(explanation)} "
+                   f"({len(candidates.cuts)} candidates, objective {settings.name})")
         return PassResult(gm, modified=False, summary=summary)
 
 
@@ -373,7 +393,7 @@ def _parse_range(text: str) -> tuple[float, float]:
     lo_text, sep, hi_text = str(text).partition(":")
     if not sep:
         raise SplitcError(f"--bandwidth-range '{text}' is not LOW:HIGH", "e.g. --bandwidth-range 1mbps:100mbps")
-    lo, hi = parse_bandwidth(lo_text), parse_bandwidth(hi_text)
+    lo, hi = (parse_link_bandwidth(t, "--bandwidth-range") for t in (lo_text, hi_text))
     if not 0 < lo < hi:
         raise SplitcError(f"--bandwidth-range needs 0 < LOW < HIGH, got {text}")
     return float(lo), float(hi)
@@ -519,6 +539,18 @@ def _warn_forced(best: PlanChoice, settings: PlanSettings) -> None:
                     settings.max_dcor)
 
 
+def _gap_words(explanation: dict[str, Any]) -> str:
+    """For a forced split: the optimum under the same problem and how far the forced plan is from it."""
+    optimum, chosen = explanation.get("optimum"), explanation["chosen"]
+    if not optimum or optimum.get("latency_s") is None or chosen.get("latency_s") is None:
+        return ""
+    gap = chosen["latency_s"] - optimum["latency_s"]
+    if gap <= 1e-12:
+        return "; the forced split is the optimum"
+    return (f"; the optimum ({describe_plan(optimum)}) is {optimum['latency_s'] * 1e3:.2f} ms: the forced split is "
+            f"{gap * 1e3:.2f} ms ({gap / optimum['latency_s']:.0%}) slower")
+
+
 def _cost_words(best: PlanChoice) -> str:
     usd = best.metrics.get("usd_per_million")
     return "" if usd is None else f", ${usd:.4g} per million requests"
@@ -567,11 +599,13 @@ def _ranking(solution, candidates) -> list[list[dict]]:
     tables = []
     for b, row in enumerate(solution.best_at):
         entries = []
+        last = len(candidates.nodes)
         for cut in candidates.cuts:
             best = float(row[cut.index])
+            used = cut.index < last  # a cut after the last node sends nothing: its link is unused
             entries.append({
-                "index": cut.index, "after": cut.after, "block": cut.block, "tensors": list(cut.crossing),
-                "bytes": cut.bytes,
+                "index": cut.index, "after": cut.after, "block": cut.block,
+                "tensors": list(cut.crossing) if used else [], "bytes": cut.bytes if used else 0,
                 "legal": cut.legal, "reason": cut.reason,
                 "best_latency_s": best if np.isfinite(best) else None,
                 "plan": list(solution.plans_at[b][cut.index]) if solution.plans_at[b][cut.index] else None,

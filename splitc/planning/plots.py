@@ -148,8 +148,9 @@ def _objective_panel(ax: Axes, latency_ms: np.ndarray, y: np.ndarray, front: np.
     ax.set_title(title + (f" ({hidden} plan(s) without a finite value not shown)" if hidden else ""))
 
 
-def plot_pareto(points: Sequence[Mapping[str, Any]], path: str | Path, chosen: int | str | None = None) -> Path:
-    """Latency vs cost and latency vs privacy leakage of every evaluated plan.
+def plot_pareto(points: Sequence[Mapping[str, Any]], path: str | Path, chosen: int | str | None = None,
+                evaluated: int | None = None) -> Path:
+    """Latency vs cost and latency vs privacy leakage of the given plans.
 
     Args:
         points: one dict per plan: ``latency_s``, ``usd_per_million``, ``dcor`` (None when
@@ -158,6 +159,8 @@ def plot_pareto(points: Sequence[Mapping[str, Any]], path: str | Path, chosen: i
             infeasible plan) leaves that point out of the panels that need it.
         path: the ``.png`` file to write (parent folders are created).
         chosen: the chosen plan, as an index into ``points`` or its label; None = not marked.
+        evaluated: how many plans the planner evaluated, when ``points`` are only some of them
+            (the title then says how many are shown of how many, as the plan table does).
 
     Returns:
         ``path`` as a :class:`~pathlib.Path`.
@@ -183,7 +186,8 @@ def plot_pareto(points: Sequence[Mapping[str, Any]], path: str | Path, chosen: i
     _objective_panel(privacy_ax, latency_ms, dcor, front, labels, index,
                      "leakage: distance correlation (lower = more private)", "latency vs privacy leakage",
                      "privacy not evaluated\n(no distance correlation per cut)")
-    fig.suptitle(f"{len(points)} plans, {int(front.sum())} on the Pareto front")
+    shown = f"{len(points)} plans" if evaluated is None else f"{len(points)} of {evaluated} evaluated plans shown"
+    fig.suptitle(f"{shown}, {int(front.sum())} on the Pareto front")
     fig.savefig(out, dpi=120)
     return out
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from splitc.core.placement import PlanResult
+from splitc.planning.explain import cut_label, describe_plan
 from splitc.units import format_bandwidth, format_bytes, format_seconds
 
-__all__ = ["format_plan_table", "format_objectives", "write_plan_report", "format_ms"]
+__all__ = ["format_plan_table", "format_objectives", "format_explanation", "describe_plan", "write_plan_report",
+           "format_ms"]
 
 
 def format_ms(seconds: float | None) -> str:
@@ -27,9 +29,8 @@ def format_plan_table(plan: PlanResult, top: int | None = 15) -> str:
     best = plan.best
     breakdown = " + ".join([*(f"{t} {format_ms(c)}" for t, c in zip(plan.tiers, best.compute_s)),
                             *(f"link{i} {format_ms(s)}" for i, s in enumerate(best.link_s))])
-    where = ", ".join(f"after {a}" if a else "before the first node (raw input)" for a in best.after) or "none"
-    lines.append(f"{'forced' if plan.forced else 'chosen'} plan: cut {where}; predicted {format_ms(best.latency_s)} ms "
-                 f"= {breakdown} (ms)")
+    lines.append(f"{'forced' if plan.forced else 'chosen'} plan: {_where(plan.to_dict().get('explanation', {}), best)}; "
+                 f"predicted {format_ms(best.latency_s)} ms = {breakdown} (ms)")
     if plan.figures:  # which compute figures are measured (splitc profile --model) and which predicted
         lines.append("figures: " + "; ".join(_figure_words(f) for f in plan.figures)
                      + "; links, per-run costs and layout conversions at cuts predicted")
@@ -42,6 +43,9 @@ def format_plan_table(plan: PlanResult, top: int | None = 15) -> str:
                 f"{d['share']:.1%} end {'at the end' if i == len(spread) - 1 else 'after ' + str(d['after'])} "
                 f"({plan.tiers[d['tier']]}) in {format_ms(d['latency_s'])} ms" for i, d in enumerate(spread)))
     lines.extend(format_objectives(plan))
+    explanation = format_explanation(plan.to_dict())
+    if explanation:
+        lines += ["", *explanation]
     for b, rows in enumerate(plan.ranking):
         shown = rows if top is None else rows[:top]
         lines.append("")
@@ -51,11 +55,12 @@ def format_plan_table(plan: PlanResult, top: int | None = 15) -> str:
         lines.append(header)
         lines.append("-" * len(header))
         for rank, row in enumerate(shown, start=1):
-            after = row["after"] or "<input>"
+            after = cut_label(row["after"])
             if row.get("block"):  # the module tree names the cut: "bert.encoder.layer.0 (layer_norm_2)"
                 after = f"{row['block']} ({after})"
             total = format_ms(row["best_latency_s"]) if row["legal"] else "illegal"
-            lines.append(f"{rank:>4} {after[:48]:<48} {format_bytes(row['bytes']):>10} {len(row['tensors']):>7} "
+            crossing = format_bytes(row["bytes"]) if row["tensors"] else "nothing"
+            lines.append(f"{rank:>4} {after[:48]:<48} {crossing:>10} {len(row['tensors']):>7} "
                          f"{total:>13}  {row['plan'] if row['plan'] else row['reason']}")
     return "\n".join(lines)
 
@@ -69,13 +74,79 @@ def _figure_words(figure: dict[str, Any]) -> str:
             f"({figure['measured_by']})")
 
 
+def _where(explanation: dict[str, Any], best) -> str:
+    """The chosen cuts in words, saying so when one tier does all the work."""
+    chosen = explanation.get("chosen")
+    if not chosen:
+        return "cut " + (", ".join(f"after {cut_label(a)}" for a in best.after) or "none")
+    return describe_plan(chosen)
+
+
+def describe_choice(choice: dict[str, Any], tiers: list[str]) -> str:
+    """:func:`describe_plan` for a plan in manifest form (``PlanChoice.to_dict()``): a cut that sends no
+    tensor is after the last node (its link unused)."""
+    cuts = choice["cuts"]
+    used = [bool(c["tensors"]) for c in cuts]
+    bounds = [0, *[c["index"] for c in cuts]]
+    runs = [tiers[t] for t in range(len(tiers))
+            if (t < len(cuts) and bounds[t + 1] > bounds[t]) or (t == len(cuts) and (not cuts or used[-1]))]
+    entry = {"after": [cut_label(c["after"]) if u else None for c, u in zip(cuts, used)], "runs_on": runs}
+    return describe_plan(entry)
+
+
+def _summary_row(entry: dict[str, Any], mark: str = " ") -> str:
+    label = entry["label"] + {"device only": " (device only)", "server only": " (server only)"}.get(entry["kind"], "")
+    latency = "no fit" if entry.get("latency_s") is None else f"{entry['latency_s'] * 1e3:.2f}"
+    sent = format_bytes(entry["bytes_sent"]) if entry.get("links_used") else "nothing"
+    note = f"; {entry['note']}" if entry.get("note") else ""
+    return f"{mark} {label:<46} {latency:>10} {sent:>12}  {describe_plan(entry)}{note}"
+
+
+def format_explanation(plan: dict[str, Any]) -> list[str]:
+    """Why this plan, from a plan dict (``PlanResult.to_dict()`` or a manifest's ``plan``): the best plan of
+    each kind beside the chosen one, the bandwidths where the choice changes, and a forced split's gap.
+
+    Returns:
+        Lines for the plan table, the compile output and report.md (empty without an explanation).
+    """
+    e = plan.get("explanation") or {}
+    if not e.get("kinds"):
+        return []
+    chosen = e["chosen"]
+    header = f"  {'best plan of each kind (predicted)':<46} {'latency ms':>10} {'sent/request':>12}  where"
+    lines = ["why this plan: the chosen plan (*) beside the best plan of each kind", header, "-" * (len(header) + 30)]
+    same = [k["kind"] != "compression" and k["cuts"] == chosen["cuts"] for k in e["kinds"]]
+    if not any(same):
+        lines.append(_summary_row(chosen, "*"))
+    lines += [_summary_row(k, "*" if match else " ") for k, match in zip(e["kinds"], same)]
+    optimum = e.get("optimum")
+    if optimum and optimum.get("latency_s") is not None and chosen.get("latency_s") is not None:
+        gap = chosen["latency_s"] - optimum["latency_s"]
+        lines.append(f"forced split: predicted {chosen['latency_s'] * 1e3:.2f} ms; the optimum ({describe_plan(optimum)}) "
+                     f"is {optimum['latency_s'] * 1e3:.2f} ms" +
+                     ("; the forced split is optimal" if gap <= 1e-12 else
+                      f"; gap {gap * 1e3:.2f} ms ({gap / optimum['latency_s']:.0%} slower)"))
+    links = plan.get("links") or []
+    if "switches" in e and links:
+        words = [f"{s['direction']} {format_bandwidth(s['bandwidth_bps'])} the optimum becomes {describe_plan(s['plan'])}"
+                 for s in e["switches"]]
+        floor = e.get("link_floor_s")
+        if floor is not None and not chosen.get("links_used") and not any(s["direction"] == "above"
+                                                                          for s in e["switches"]):
+            words.append(f"no faster link changes it: a plan using link 0 takes at least {floor * 1e3:.2f} ms even at "
+                         f"unlimited bandwidth (its round trip is {links[0]['rtt_s'] * 1e3:g} ms)")
+        lines.append(f"what would change it (link 0 is {format_bandwidth(links[0]['bandwidth_bps'])} now): "
+                     + ("; ".join(words) if words else "no other plan is optimal at any bandwidth"))
+    return lines
+
+
 def _usd(value: float | None) -> str:
     return "-" if value is None else f"{value:.4g}"
 
 
 def _plan_row(choice, chosen: bool = False) -> str:
     m = choice.metrics
-    where = ", ".join(a or "<input>" for a in choice.after) or "-"
+    where = ", ".join(cut_label(a) if sent else "-" for a, sent in zip(choice.after, choice.crossing)) or "-"
     dcor = "-" if m.get("dcor") is None else f"{m['dcor']:.3f}"
     return (f"{'*' if chosen else ' '} {where[:44]:<44} {format_ms(choice.latency_s):>9} {format_ms(m.get('p50_s')):>8} "
             f"{format_ms(m.get('p99_s')):>8} {_usd(m.get('usd_per_million')):>11} {dcor:>6}")
@@ -112,7 +183,8 @@ def format_objectives(plan: PlanResult, limit: int = 12) -> list[str]:
         lines.append("")
         lines.append(f"Pareto front: {len(plan.pareto)} plan(s) no other plan beats on every objective "
                      f"(* = chosen){'' if len(plan.pareto) <= limit else f'; fastest {limit} shown'}")
-        header = f"  {'cut(s) after':<44} {'mean ms':>9} {'p50 ms':>8} {'p99 ms':>8} {'$/M req':>11} {'dcor':>6}"
+        header = (f"  {'cut(s) after (- = link unused)':<44} {'mean ms':>9} {'p50 ms':>8} {'p99 ms':>8} "
+                  f"{'$/M req':>11} {'dcor':>6}")
         lines += [header, "-" * len(header)]
         lines += [_plan_row(p, p.cuts == plan.best.cuts) for p in plan.pareto[:limit]]
     if plan.variants:
@@ -123,8 +195,8 @@ def format_objectives(plan: PlanResult, limit: int = 12) -> list[str]:
             if v["plan"] is None:
                 lines.append(f"  {lo} .. {hi}: {v['reason']}")
                 continue
-            where = ", ".join(c["after"] or "<input>" for c in v["plan"]["cuts"])
-            lines.append(f"  {lo} .. {hi}: cut after {where} ({format_ms(v['plan']['predicted']['latency_s'])} ms at "
+            where = describe_choice(v["plan"], plan.tiers)
+            lines.append(f"  {lo} .. {hi}: {where} ({format_ms(v['plan']['predicted']['latency_s'])} ms at "
                          f"{format_bandwidth(v['plan']['evaluated_at_bps'])})")
     return lines
 
@@ -151,8 +223,9 @@ def write_plan_report(plan: PlanResult, folder) -> list:
             seen.add(choice.cuts)
             points.append({"latency_s": choice.latency_s, "usd_per_million": choice.metrics.get("usd_per_million"),
                            "dcor": choice.metrics.get("dcor"), "pareto": any(p.cuts == choice.cuts for p in plan.pareto),
-                           "label": ", ".join(a or "input" for a in choice.after)})
-        files.append(plot_pareto(points, folder / "pareto.png", chosen=0))
+                           "label": ", ".join(cut_label(a) for a in choice.after)})
+        files.append(plot_pareto(points, folder / "pareto.png", chosen=0,
+                                 evaluated=plan.objective.get("plans_evaluated")))
     if plan.variants:
         files.append(plot_bandwidth_variants(_variant_curves(plan), folder / "variants.png"))
     return files
@@ -160,7 +233,7 @@ def write_plan_report(plan: PlanResult, folder) -> list:
 
 def _variant_curves(plan: PlanResult) -> list[dict[str, Any]]:
     """Each variant's predicted latency across the whole range (computed by the planner), for the plot."""
-    return [{"label": ", ".join(c["after"] or "input" for c in v["plan"]["cuts"]),
+    return [{"label": ", ".join(cut_label(c["after"]) for c in v["plan"]["cuts"]),
              "bandwidths_bps": v["curve"]["bandwidth_bps"], "latency_s": v["curve"]["latency_s"],
              "range_bps": tuple(v["range_bps"])}
             for v in plan.variants if v.get("plan") is not None and "curve" in v]

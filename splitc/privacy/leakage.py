@@ -496,10 +496,11 @@ def save_grid(originals: np.ndarray, reconstructions: np.ndarray, path: Path, ti
             img = img[0] if image[0] != 3 else np.transpose(img, (1, 2, 0))  # RGB as is, else the first channel
             axes[row][col].imshow(np.clip((img - lo) / ((hi - lo) or 1.0), 0, 1), cmap="gray", vmin=0, vmax=1)
             axes[row][col].axis("off")
-    axes[0][0].set_title("original", fontsize=8, loc="left")
-    axes[1][0].set_title("reconstructed", fontsize=8, loc="left")
+    for row, label in enumerate(("original", "reconstructed")):  # row labels left of the rows, never over a digit
+        axes[row][0].text(-0.08, 0.5, label, transform=axes[row][0].transAxes, rotation=90, ha="right", va="center",
+                          fontsize=8)
     fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0.03, 0.0, 1.0, 1.0))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
@@ -537,7 +538,7 @@ def attack_cut(gm: torch.fx.GraphModule, candidates: Any, cut_index: int,
         raise SplitcError(f"cut {cut_index} is not a legal candidate cut of this model",
                           "pick one from 'splitc privacy' or 'splitc plan --json'")
     cut = candidates.cuts[cut_index]
-    label = f"cut {cut.index} after {cut.after or '<input>'}"
+    label = f"cut {cut.index} after {cut.after or 'input'}"
     arrays = as_input_list(inputs)
     placeholders = [n.name for n in gm.graph.nodes if n.op == "placeholder"]
     if any(name in placeholders for name in cut.crossing):  # the raw input is on the wire: nothing to attack
@@ -589,7 +590,7 @@ def attack_bundle(bundle_dir: str | Path, calib_path_or_data: str | Path | Calib
     names = [t["name"] for t in transfer["tensors"]]
     cut = transfer.get("cut", {})
     label = f"link {link} ({manifest['tiers'][link]['name']} -> {manifest['tiers'][link + 1]['name']}), " \
-            f"after {cut.get('after') or '<input>'}"
+            f"after {cut.get('after') or 'input'}"
     start = time.perf_counter()
     runner = BundleRunner(bundle_dir, tiers=range(link + 1), threads=1)
     runner.use_exits = False  # see the docstring
@@ -702,7 +703,7 @@ def evaluate_bundle_privacy(bundle_dir: str | Path, calib: str | Path, *, epochs
     for number, transfer in enumerate(transfers, start=1):
         link = transfer["link"]
         progress(f"[privacy] attack {number}/{len(transfers)}: inversion decoder on link {link} "
-                 f"(after {transfer['cut']['after'] or '<input>'}, {epochs} epochs)")
+                 f"(after {transfer['cut']['after'] or 'input'}, {epochs} epochs)")
         png = None if png_dir is None else Path(png_dir) / f"attack_link{link}.png"
         result = attack_bundle(bundle_dir, calib, link, epochs=epochs, seed=seed, png=png, max_samples=max_samples)
         attacks.append({"link": link, "index": transfer["cut"]["index"], "after": transfer["cut"]["after"],
@@ -747,7 +748,7 @@ def format_privacy_report(payload: dict[str, Any], markdown: bool = False) -> st
             if not row["legal"]:
                 continue
             ms = "-" if row["best_latency_s"] is None else f"{row['best_latency_s'] * 1e3:.2f}"
-            lines.append(f"{row['index']:>4} {(row['after'] or '<input>')[:28]:<28} {row['dcor']:>6.3f} "
+            lines.append(f"{row['index']:>4} {(row['after'] or 'input')[:28]:<28} {row['dcor']:>6.3f} "
                          f"{_bytes(row['bytes']):>10} {ms:>9}")
         lines += fence
         lines.append(f"proxy: {payload['proxy_method']}")
@@ -763,12 +764,12 @@ def format_privacy_report(payload: dict[str, Any], markdown: bool = False) -> st
         psnr = "inf" if a["psnr_db"] is None else f"{a['psnr_db']:.2f}"
         ssim = "-" if a["ssim"] is None else f"{a['ssim']:.3f}"
         if payload["kind"] == "bundle":
-            lines.append(f"{a['link']:>4} {(a['after'] or '<input>')[:28]:<28} {_bytes(a['bytes']):>10} "
+            lines.append(f"{a['link']:>4} {(a['after'] or 'input')[:28]:<28} {_bytes(a['bytes']):>10} "
                          f"{a['mse']:>9.5f} {psnr:>8} {ssim:>6}")
             continue
         gap = "-" if a.get("psnr_gap_db") is None else f"{a['psnr_gap_db']:+.2f}"
         mark = " (reference: shallowest)" if a["reference"] else ""
-        lines.append(f"{a['index']:>4} {(a['after'] or '<input>')[:28]:<28} {a['dcor']:>6.3f} {a['mse']:>9.5f} "
+        lines.append(f"{a['index']:>4} {(a['after'] or 'input')[:28]:<28} {a['dcor']:>6.3f} {a['mse']:>9.5f} "
                      f"{psnr:>8} {ssim:>6} {gap:>7}{mark}")
     lines += fence
     first = payload["attacks"][0] if payload["attacks"] else {}

@@ -98,7 +98,8 @@ from splitc.core.progress import progress as progress_bar
 from splitc.targets.cost_model import kernel_roles, subgraph_time
 from splitc.targets.target import KINDS, Target, write_targets_file
 from splitc.targets.timing import TIMING_PERCENTILE, make_session, time_session
-from splitc.units import format_bandwidth, format_bytes, format_flops, format_seconds, parse_bandwidth, parse_duration
+from splitc.units import format_bandwidth, format_bytes, format_flops, format_seconds, parse_duration, \
+    parse_link_bandwidth
 from splitc.core.passes.profile import FLOPS, IN_BYTES, OUT_BYTES, PARAM_BYTES
 
 __all__ = ["ProfileConfig", "Measurement", "ProfileResult", "profile_machine", "check_output_path",
@@ -171,7 +172,7 @@ class ProfileConfig:
                               f"this machine has {os.cpu_count()} logical CPUs")
         if not 0 < self.usable_memory_fraction <= 1:
             raise SplitcError(f"--usable-memory-fraction must be in (0, 1], got {self.usable_memory_fraction:g}")
-        parse_bandwidth(self.uplink_bandwidth)  # raise SplitcError with the accepted units
+        parse_link_bandwidth(self.uplink_bandwidth, "--uplink-bandwidth")  # SplitcError with the accepted units
         if parse_duration(self.uplink_rtt) < 0:
             raise SplitcError(f"--uplink-rtt must not be negative, got {self.uplink_rtt!r}")
         if (self.watts is None) != (self.usd_per_kwh is None):

@@ -41,6 +41,7 @@ from splitc.units import (
     format_flops,
     format_seconds,
     parse_bandwidth,
+    parse_link_bandwidth,
     parse_bytes,
     parse_duration,
     parse_flops,
@@ -523,7 +524,8 @@ def _uplink(value: Any, kind: str) -> Link | None:
         )
     link = _mapping(value)
     _exact_keys(link, ("bandwidth", "rtt"), (), "uplink")
-    return Link(bandwidth_bps=parse_bandwidth(link["bandwidth"]), rtt_s=parse_duration(link["rtt"]))
+    bandwidth = parse_link_bandwidth(link["bandwidth"], "uplink bandwidth", require_unit=False)  # bare number: bits/s
+    return Link(bandwidth_bps=bandwidth, rtt_s=parse_duration(link["rtt"]))
 
 
 def _sources(value: Any) -> tuple[str, ...]:

@@ -75,6 +75,6 @@ def test_precision_flags_follow_the_partition(tmp_path):
 
 @pytest.mark.skipif(not tensorrt_available(),
                     reason="TensorRT is not installable on this machine (its PyPI packages download the libraries "
-                           "from NVIDIA's index at install time; see ENVIRONMENT.md)")
+                           "from NVIDIA's index at install time: the README's Install section)")
 def test_engine_builds_in_process(bundle3):  # pragma: no cover - needs TensorRT and a GPU
     assert list((bundle3 / "jetson-orin-nano" / "tensorrt").glob("*.plan"))

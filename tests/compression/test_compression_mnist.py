@@ -37,11 +37,12 @@ def _accuracy(bundle, x, y) -> tuple[float, int]:
 def test_bottleneck_plus_uint8_32x_on_mnist(mnist, tmp_path):
     folder, x, y = mnist
     results = {}
-    for label, extra in {"raw": {}, "compressed": {"bottleneck": "0.125", "transfer_dtype": "uint8"}}.items():
+    # auto: the search picks the configuration (a forced ratio that misses the target fails the compile instead)
+    for label, extra in {"raw": {}, "compressed": {"bottleneck": "auto", "transfer_dtype": "uint8"}}.items():
         options = CompileOptions(targets=("jetson", "cloud-gpu"), split=("relu_3",), calib=str(folder / "calib.npz"),
                                  **extra)
         compile_model(str(folder / "mnist_cnn.pt"), options, tmp_path / label, input_shapes=[(1, 1, 28, 28)])
         results[label] = _accuracy(tmp_path / label, x, y)
     (raw_acc, raw_bytes), (acc, wire) = results["raw"], results["compressed"]
-    assert raw_bytes == 32 * 14 * 14 * 4 and wire == 4 * 14 * 14  # 32x fewer bytes on the wire
+    assert raw_bytes == 32 * 14 * 14 * 4 and wire <= 4 * 14 * 14  # >= 32x fewer bytes on the wire
     assert acc >= raw_acc - 0.015, (acc, raw_acc)  # 1,000 unseen digits: within 1 point + noise

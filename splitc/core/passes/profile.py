@@ -37,8 +37,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from splitc.core.pass_manager import Pass, PassResult
 from splitc.errors import SplitcError
+from splitc.units import format_bytes
 
-__all__ = ["ProfilePass", "profile_graph", "op_name", "classify", "OP_NAME", "OP_CLASS", "FLOPS", "FLOPS_SOURCE", "OUT_BYTES",
+__all__ = ["ProfilePass", "profile_graph", "weight_bytes", "op_name", "classify", "OP_NAME", "OP_CLASS", "FLOPS", "FLOPS_SOURCE", "OUT_BYTES",
            "IN_BYTES", "PARAM_BYTES", "IS_TENSOR", "CONST_VALUE", "FOLDABLE", "DEPTHWISE"]
 
 # node.meta keys this analysis writes (every other pass reads them through these names)
@@ -306,10 +307,16 @@ class ProfilePass(Pass):
         nodes = [n for n in gm.graph.nodes if n.op not in ("placeholder", "output", "get_attr")]
         flops = sum(n.meta[FLOPS] for n in nodes)
         estimated = sum(1 for n in nodes if n.meta[FLOPS_SOURCE] == "estimated")
-        params = sum(p.numel() * p.element_size() for p in gm.parameters())
+        params = weight_bytes(gm)
         summary = (f"{len(nodes)} nodes, {flops / 1e9:.3f} GFLOPs ({estimated} nodes estimated per element), "
-                   f"{params / 2**20:.1f} MiB parameters, {folded} BatchNorms foldable")
+                   f"{format_bytes(params)} parameters, {folded} BatchNorms foldable")
         return PassResult(gm, modified=False, summary=summary)
+
+
+def weight_bytes(module: torch.nn.Module) -> int:
+    """Bytes of a module's parameters *and buffers* (BatchNorm statistics, folded constants): what a tier
+    holds for it. The one "parameters" figure of the log, the manifest and ``splitc inspect``."""
+    return int(sum(t.numel() * t.element_size() for t in module.state_dict().values()))
 
 
 def _input_error(failure: _NodeFailure, ctx) -> SplitcError:
