@@ -11,7 +11,7 @@ before it wrote. Annotations are HTML comments on the line right above a block (
 * ``<!-- readme-test: exit: N -->`` -- the block must fail with exit code N (an example of an error the
   README shows; the error is checked with ``expect``).
 
-Set ``SPLITC_README_LOG=folder`` to keep each block's output there. The one change made to the commands: the serving example's port 8000 becomes a free port, so runs on a
+Set ``SPLITC_README_LOG=folder`` to keep each block's output there. The one change made to the commands: the serving example's ports 8000 and 8001 become free ports, so runs on a
 shared machine cannot collide. A block that leaves a process running (a server started with ``&``) is
 cleaned up with its process group.
 """
@@ -110,11 +110,11 @@ def test_every_readme_command_runs_in_order(tmp_path) -> None:
     blocks = readme_blocks((work / "README.md").read_text(encoding="utf-8"))
     env = {**os.environ, "PYTHONPATH": str(work), "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
            "MPLBACKEND": "Agg"}
-    port = str(_free_port())
+    port, grpc_port = str(_free_port()), str(_free_port())
     for block in blocks:
         if block.skip is not None:
             continue
-        code = block.code.replace("8000", port)
+        code = block.code.replace("8000", port).replace("8001", grpc_port)
         proc = subprocess.Popen(["bash", "-euo", "pipefail", "-c", code], cwd=work, env=env, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True, start_new_session=True)
         try:
