@@ -56,6 +56,7 @@ from splitc.exits.train_exits import TrainExitsPass
 from splitc.planning.plan import PlanPass
 from splitc.planning.reorder_for_cut import ReorderForCutPass
 from splitc.privacy.add_noise import AddNoisePass, verify_noised_bundle
+from splitc.privacy.defence import DefencePass
 from splitc.privacy.privacy_profile import PrivacyProfilePass
 from splitc.targets.target import TargetRegistry
 
@@ -83,6 +84,8 @@ def default_passes() -> list[Pass]:
         InsertExitsPass(),       # after plan (which exits stay), before cut (exit outputs join their partition)
         CutPass(),               # needs the plan; checks the partitions compose to the original
         PrunePass(),             # --prune: needs the sending partition (after cut); re-profiles and re-cuts
+        DefencePass(),           # --privacy-defence: fine-tunes the (pruned) sender; the bottleneck, wire
+                                 # quantization and noise then apply on top of the defended wire, in that order
         InsertBottleneckPass(),  # after cut: trains on the real boundary tensors (may re-cut: --bottleneck auto)
         AddNoisePass(),          # --privacy-epsilon: after the bottleneck (the code is what leaves the device, so
                                  # it is what gets clipped and noised), before wire quantization (which then
@@ -259,7 +262,8 @@ def _verify(stage: Path, prepared: Prepared, options: CompileOptions) -> dict[st
                               "this is likely an exporter problem: report it, or pass --no-verify to keep the bundle")
     else:
         # lossy encodings on the wire: verify against the compressed chain in PyTorch; accuracy judges the rest
-        reference = verification_reference(ctx, prepared.loaded.module)
+        defence = getattr(ctx, "defence", None)  # a defended bundle is verified against its fine-tuned graph
+        reference = verification_reference(ctx, prepared.loaded.module if defence is None else defence.reference)
         report = verify_bundle(stage, module=reference, samples=options.verify_samples, inputs=verification_inputs(ctx),
                                rtol=verification_rtol(ctx, options.rtol), atol=options.atol, seed=options.seed + 1,
                                boundary_reference=None if quantized_partitions(ctx) else boundary_reference)
