@@ -57,7 +57,8 @@ from splitc.core.samples import WholeGraph, run_chain
 from splitc.errors import SplitcError
 from splitc.privacy.attacker import HybridDecoder, RidgeTooLarge, build_decoder, fit_ridge_decoder
 
-__all__ = ["DefenceSettings", "DefencePass", "DefenceSetup", "train_defence", "distance_correlation_sq_torch",
+__all__ = ["DefenceSettings", "DefencePass", "DefenceSetup", "Outcome", "defend_cut", "partitions_at", "proxy_cuts",
+           "train_defence", "distance_correlation_sq_torch",
            "METHODS", "LADDER", "DEFENCE_EPOCHS"]
 
 log = logging.getLogger("splitc")
@@ -364,6 +365,109 @@ def train_defence(partitions: list[Any], input_names: list[str], wire_names: lis
 # ----------------------------------------------------------------------------------------- the pass
 
 
+@dataclass
+class Outcome:
+    """One cut's strength search: the chosen strength and defended graph (None when none passed), every try."""
+
+    cut: int
+    strength: float | None
+    graph: Any
+    accuracy: float | None
+    tried: list[dict[str, Any]]
+    seconds: float
+    wire: list[str]
+    dcor_before: float | None = None
+    dcor_after: float | None = None
+
+
+def partitions_at(gm, ctx, cut: int) -> list[Any]:
+    """Two partitions of ``gm`` at candidate ``cut`` (sender = nodes before it, receiver = the rest)."""
+    from splitc.core.graph import model_output_names
+    from splitc.core.passes.cut import cut_graph
+
+    n = len(ctx.candidates.nodes)
+    outputs = set(model_output_names(gm))
+    return cut_graph(gm, [(0, cut), (cut, n)], [set(ctx.candidates.cuts[cut].crossing), outputs])
+
+
+def defend_cut(gm, ctx, settings: DefenceSettings, cut: int, *, plan_partitions: bool) -> Outcome:
+    """The strength search at ``cut``: each strength of ``settings`` trains a copy of ``gm``, strongest first,
+    until one meets the accuracy target (``guard.judge``).
+
+    Args:
+        plan_partitions: cut the copies with the plan (``CutPass``, sets ``ctx.partitions``); otherwise a
+            two-way split at ``cut`` (:func:`partitions_at`; the planner's leakage proxy, before any plan).
+    """
+    guard = guard_of(ctx, gm)
+    if guard is None:  # validate_options requires --calib for compile; a library caller may not have it
+        raise SplitcError("--privacy-defence needs calibration data", "pass --calib calib.npz")
+    guard.ensure_reference(gm)
+    names = [s.name for s in ctx.input_specs]
+    train_inputs = guard.calib.batch(guard.train)
+    labels = None if guard.calib.labels is None else guard.calib.labels[guard.train]
+    teacher = run_chain([WholeGraph(gm, names)], names, train_inputs)[guard.model_outputs[0]].float()
+    start, tried = time.perf_counter(), []
+
+    def split(graph) -> list[Any]:
+        if plan_partitions:
+            CutPass().run(graph, ctx)
+            return ctx.partitions
+        return partitions_at(graph, ctx, cut)
+
+    parts = split(gm)
+    wire = [n for n in parts[0].outputs if any(n in p.inputs for p in parts[1:])]
+    raw = sorted({n for p in parts[1:] for n in p.inputs} & set(names))
+    if raw:
+        log.warning("--privacy-defence: the model input(s) %s cross the link unchanged: the defence cannot hide "
+                    "them", ", ".join(raw))
+    outcome = Outcome(cut, None, None, None, tried, 0.0, wire, dcor_before=_wire_dcor(parts, guard, names, wire))
+    for strength in settings.strengths:
+        graph = copy.deepcopy(gm)  # the traced graph shares its modules with the loaded model: keep that intact
+        parts = split(graph)
+        with seeded(derive_seed(ctx.options.seed, "defence", settings.method, strength, cut), threads=1):
+            summary = train_defence(parts, names, wire, guard.model_outputs[0], train_inputs, labels, teacher,
+                                    method=settings.method, strength=strength, epochs=settings.epochs,
+                                    seed=derive_seed(ctx.options.seed, "defence-batches"),
+                                    desc=f"[defence] cut {cut} {settings.method} {strength:g}")
+        values = run_chain([WholeGraph(graph, names)], names, guard.calib.batch(guard.test))
+        acc = guard.measure(predictions(values[guard.model_outputs[0]]))
+        verdict = guard.judge(f"--privacy-defence {settings.method} --privacy-strength {strength:g}"
+                              + (f" at cut {cut}" if not plan_partitions else ""), acc)
+        tried.append({"strength": strength, "held_out_accuracy": float(acc), "met": verdict.met,
+                      "verdict": verdict.line(), "training": summary})
+        if verdict.met:
+            outcome.strength, outcome.graph, outcome.accuracy = strength, graph, float(acc)
+            outcome.dcor_after = _wire_dcor(parts, guard, names, wire)
+            break
+    outcome.seconds = time.perf_counter() - start
+    return outcome
+
+
+def _wire_dcor(partitions, guard, names, wire) -> float | None:
+    """dcor (bias-corrected, numpy) between the input and the wire of ``partitions`` on up to 256 held-out samples."""
+    from splitc.privacy.leakage import distance_correlation
+
+    index = guard.test[:256]
+    if len(index) < 4 or not wire:
+        return None
+    x = guard.calib.batch(index)
+    values = run_chain(partitions, names, x)
+    z = np.concatenate([values[n].reshape(len(index), -1).numpy() for n in wire], 1)
+    return round(distance_correlation(x[0], z), 6)
+
+
+def proxy_cuts(ctx, count: int = 2) -> list[int]:
+    """Cuts the planner's defended proxy trains at: the forced first cut, else the ``count`` shallowest legal cuts
+    that send a computed tensor (the cheap ones for a device, where a defence matters most)."""
+    if ctx.options.split:
+        name = ctx.options.split[0]
+        return [] if name in ("input", "") else [ctx.candidates.index_of(name)]
+    placeholders = {s.name for s in ctx.input_specs}
+    cuts = [c.index for c in ctx.candidates.cuts
+            if c.legal and 0 < c.index < len(ctx.candidates.nodes) and not set(c.crossing) & placeholders]
+    return cuts[:count]
+
+
 class DefencePass(Pass):
     """Fine-tune the first link's sender (and the receivers) against an inversion of what it sends."""
 
@@ -379,80 +483,37 @@ class DefencePass(Pass):
             log.warning("--privacy-defence: the plan keeps the whole model on one tier, so nothing crosses a link; "
                         "no defence is trained")
             return PassResult(gm, modified=False, summary="nothing crosses a link: no defence")
-        guard = guard_of(ctx, gm)
-        if guard is None:  # validate_options requires --calib for compile; a library caller may not have it
-            raise SplitcError("--privacy-defence needs calibration data", "pass --calib calib.npz")
-        guard.ensure_reference(gm)
-        names = [s.name for s in ctx.input_specs]
-        sender = ctx.partitions[0]
-        wire = [n for n in sender.outputs if any(n in p.inputs for p in ctx.partitions[1:])]
-        raw = sorted({n for p in ctx.partitions[1:] for n in p.inputs} & set(names))
-        if raw:
-            log.warning("--privacy-defence: the model input(s) %s cross the first link unchanged: the defence cannot "
-                        "hide them", ", ".join(raw))
-        train_inputs = guard.calib.batch(guard.train)
-        labels = None if guard.calib.labels is None else guard.calib.labels[guard.train]
-        teacher = run_chain([WholeGraph(gm, names)], names, train_inputs)[guard.model_outputs[0]].float()
-        before = self._wire_dcor(ctx, guard, names, wire)
-        tried, chosen, start = [], None, time.perf_counter()
-        for strength in settings.strengths:
-            defended, summary, acc, verdict = self._try(gm, ctx, guard, settings, strength, names, wire,
-                                                        train_inputs, labels, teacher)
-            tried.append({"strength": strength, "held_out_accuracy": float(acc), "met": verdict.met,
-                          "verdict": verdict.line(), "training": summary})
-            if verdict.met:
-                chosen = (strength, defended, acc)
-                break
-        seconds = time.perf_counter() - start
-        if chosen is None:
+        cut = int(ctx.plan_result.best.cuts[0])
+        cached = getattr(ctx, "defended_cuts", {}).get(cut)  # trained for the planner's proxy (privacy_profile)
+        exits = getattr(ctx, "exits", None)
+        if exits is not None and getattr(exits, "chosen", None):
+            cached = None  # exit heads were inserted since: train again on the current graph
+        if cached is not None and cached.graph is not None:
+            outcome = cached
+            CutPass().run(outcome.graph, ctx)
+        else:
+            outcome = defend_cut(gm, ctx, settings, cut, plan_partitions=True)
+        if outcome.graph is None:
             CutPass().run(gm, ctx)  # the undefended partitions again
             if settings.strength is not None:
-                raise SplitcError(f"the defence misses the accuracy target: {tried[-1]['verdict']}",
+                raise SplitcError(f"the defence misses the accuracy target: {outcome.tried[-1]['verdict']}",
                                   "lower --privacy-strength or --accuracy-target, or use --privacy-defence auto")
             raise SplitcError(f"no --privacy-defence {settings.requested} strength meets the accuracy target "
-                              f"(weakest tried: {tried[-1]['verdict']})",
+                              f"(weakest tried: {outcome.tried[-1]['verdict']})",
                               "lower --accuracy-target, or compile without --privacy-defence")
-        strength, defended, acc = chosen
-        CutPass().run(defended, ctx)  # the defended partitions are what every later pass adapts
+        CutPass().run(outcome.graph, ctx)  # the defended partitions are what every later pass adapts
+        guard = guard_of(ctx, gm)
         link = ctx.partitions[0].tier_index
         trained_on = {"source": str(guard.calib.source), "split": "accuracy guard 'train' split",
-                      "samples": int(len(guard.train)), "labels": labels is not None,
+                      "samples": int(len(guard.train)), "labels": guard.calib.labels is not None,
                       "judged_on": f"accuracy guard 'test' split ({len(guard.test)} samples)",
                       "seed": int(ctx.options.seed)}
-        ctx.defence = DefenceSetup(settings.method, strength, settings.requested, link, 0, wire, trained_on,
-                                   settings.epochs, seconds, tried, float(acc), reference=defended,
-                                   cut=int(ctx.plan_result.best.cuts[0]))
-        ctx.defence.dcor_before, ctx.defence.dcor_after = before, self._wire_dcor(ctx, guard, names, wire)
-        return PassResult(defended, True, f"{settings.method} strength {strength:g} on link {link} "
-                                          f"({', '.join(wire)}): held-out accuracy {acc:.4f} (original "
-                                          f"{guard.reference_accuracy:.4f}); {len(tried)} tr{'y' if len(tried) == 1 else 'ies'}, "
-                                          f"{seconds:.1f}s")
-
-    @staticmethod
-    def _try(gm, ctx, guard, settings: DefenceSettings, strength: float, names, wire, train_inputs, labels, teacher):
-        """Train one strength on a copy of the graph; its held-out accuracy and verdict."""
-        defended = copy.deepcopy(gm)  # the traced graph shares its modules with the loaded model: keep that intact
-        CutPass().run(defended, ctx)
-        step = f"--privacy-defence {settings.method} --privacy-strength {strength:g}"
-        with seeded(derive_seed(ctx.options.seed, "defence", settings.method, strength), threads=1):
-            summary = train_defence(ctx.partitions, names, wire, guard.model_outputs[0], train_inputs, labels, teacher,
-                                    method=settings.method, strength=strength, epochs=settings.epochs,
-                                    seed=derive_seed(ctx.options.seed, "defence-batches"),
-                                    desc=f"[defence] {settings.method} {strength:g}")
-        values = run_chain([WholeGraph(defended, names)], names, guard.calib.batch(guard.test))
-        acc = guard.measure(predictions(values[guard.model_outputs[0]]))
-        return defended, summary, acc, guard.judge(step, acc)
-
-    @staticmethod
-    def _wire_dcor(ctx, guard, names, wire) -> float | None:
-        """dcor (bias-corrected, numpy) between the input and the wire of ``ctx.partitions`` on up to 256
-        held-out samples."""
-        from splitc.privacy.leakage import distance_correlation
-
-        index = guard.test[:256]
-        if len(index) < 4:
-            return None
-        x = guard.calib.batch(index)
-        values = run_chain(ctx.partitions, names, x)
-        z = np.concatenate([values[n].reshape(len(index), -1).numpy() for n in wire], 1)
-        return round(distance_correlation(x[0], z), 6)
+        ctx.defence = DefenceSetup(settings.method, outcome.strength, settings.requested, link, 0, outcome.wire,
+                                   trained_on, settings.epochs, outcome.seconds, outcome.tried, outcome.accuracy,
+                                   outcome.dcor_before, outcome.dcor_after, cut, reference=outcome.graph)
+        tries = len(outcome.tried)
+        return PassResult(outcome.graph, True,
+                          f"{settings.method} strength {outcome.strength:g} on link {link} ({', '.join(outcome.wire)}): "
+                          f"held-out accuracy {outcome.accuracy:.4f} (original {guard.reference_accuracy:.4f}); "
+                          f"{tries} tr{'y' if tries == 1 else 'ies'}, {outcome.seconds:.1f}s"
+                          + (" (trained for the planner's proxy)" if cached is not None else ""))

@@ -161,16 +161,20 @@ class PrivacyProfile:
         samples: calibration samples used.
         method: how it was computed (estimator, sketch size, batching).
         notes: anything a reader should know (sketched nodes, inputs crossing deeper cuts).
+        defended: cut -> ``{"undefended", "dcor", "method", "strength"}`` where ``--privacy-defence`` was
+            trained for the planner (``dcor`` then holds the defended value; see privacy_profile.py).
     """
 
     dcor: np.ndarray
     samples: int
     method: str
     notes: list[str] = field(default_factory=list)
+    defended: dict[int, dict[str, Any]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {"dcor": [None if not np.isfinite(v) else round(float(v), 6) for v in self.dcor],
-                "samples": self.samples, "method": self.method, "notes": list(self.notes)}
+                "samples": self.samples, "method": self.method, "notes": list(self.notes),
+                **({"defended": {str(k): v for k, v in self.defended.items()}} if self.defended else {})}
 
 
 class _Sketcher:

@@ -203,3 +203,21 @@ def test_mnist_stem_defence_beats_the_undefended_stem_against_a_fresh_attacker(m
     none_psnr = attack_bundle(plain.out, test).psnr_db
     auto_psnr = attack_bundle(defended.out, test).psnr_db
     assert auto_psnr < none_psnr - 3.0, (none_psnr, auto_psnr)
+
+
+def test_planner_sees_the_defended_proxy_at_a_trained_cut(tmp_path, caplog):
+    """--max-dcor on a forced shallow cut: undefended it leaks (warning), defended the proxy is measured lower and
+    the plan's privacy figure is the defended one; the defence trained for the proxy is the one shipped."""
+    plain = _compile(tmp_path / "a", max_dcor=0.9)
+    assert plain.manifest["plan"]["privacy"]["dcor"] > 0.95  # measured 0.983
+    caplog.clear()
+    defended = _compile(tmp_path / "b", max_dcor=0.9, privacy_defence="dcor", privacy_strength=10.0,
+                        accuracy_target=0.9)
+    record = defended.manifest["transfers"][0]["defence"]
+    assert defended.manifest["plan"]["privacy"]["dcor"] == pytest.approx(record["dcor_after"])  # measured 0.611
+    assert record["dcor_after"] < 0.9 < record["dcor_before"]
+    assert not any("leaks distance correlation" in r.getMessage() for r in caplog.records)
+    profile = defended.prepared.ctx.privacy.to_dict()
+    cut = str(defended.manifest["plan"]["cuts"][0]["index"])
+    assert profile["defended"][cut]["undefended"] > 0.95 and profile["defended"][cut]["strength"] == 10.0
+    assert len(record["tried"]) == 1  # trained once, for the proxy, and reused by 'defend'
