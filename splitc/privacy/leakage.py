@@ -476,8 +476,13 @@ def attack_cut(gm: torch.fx.GraphModule, candidates: Any, cut_index: int,
 
 def attack_bundle(bundle_dir: str | Path, calib_path_or_data: str | Path | CalibrationData, link: int = 0, *,
                   epochs: int = ATTACK_EPOCHS, seed: int = 0, png: Path | None = None,
-                  max_samples: int | None = None, budget: AttackBudget | None = None) -> AttackResult:
+                  max_samples: int | None = None, budget: AttackBudget | None = None,
+                  held_out: str | Path | CalibrationData | None = None) -> AttackResult:
     """The inversion attack on exactly what a bundle sends on ``link`` (``budget``: see :func:`run_attack`).
+
+    Without ``held_out`` the attacker trains on one split of the calibration data and is scored on the
+    other; with it (an ``.npz`` like ``--calib``) it trains on all of the calibration data and is scored
+    on ``held_out`` (the benchmark: 1,000 calibration digits to train, 1,000 unseen test digits to score).
 
     Tiers ``0 .. link`` run in ONNX Runtime through :class:`~splitc.runtime.runner.BundleRunner`
     and the link's tensors are encoded and decoded as the receiver does, so a bottleneck,
@@ -509,24 +514,38 @@ def attack_bundle(bundle_dir: str | Path, calib_path_or_data: str | Path | Calib
     start = time.perf_counter()
     runner = BundleRunner(bundle_dir, tiers=range(link + 1), threads=1)
     runner.use_exits = False  # see the docstring
-    train, held = _attack_split(data.samples, seed, max_samples)
-    used = np.concatenate([train, held])
-    features: list[list[np.ndarray]] = [[] for _ in names]
-    for i in used:
-        held_values = {s.name: data.inputs[k][i].reshape(s.shape) for k, s in enumerate(specs)}
-        for tier in range(link + 1):
-            held_values, _ = runner.run_tier(tier, held_values)
-        for k, name in enumerate(names):
-            features[k].append(np.asarray(held_values[name], dtype=np.float32))
-    stacked = [np.stack(f) for f in features]
-    k = len(train)
-    result = run_attack([f[:k] for f in stacked], data.inputs[0][train], [f[k:] for f in stacked],
-                        data.inputs[0][held], epochs=epochs, seed=seed, label=label, png=png, budget=budget)
+    if held_out is None:
+        train, held = _attack_split(data.samples, seed, max_samples)
+        train_x, held_x = data.inputs[0][train], data.inputs[0][held]
+        stacked = _bundle_wire(runner, specs, names, link, data, np.concatenate([train, held]))
+        k = len(train)
+        train_f, held_f = [f[:k] for f in stacked], [f[k:] for f in stacked]
+    else:
+        other = held_out if isinstance(held_out, CalibrationData) else load_calibration(held_out, specs)
+        train, held = np.arange(data.samples), np.arange(other.samples)
+        train_x, held_x = data.inputs[0], other.inputs[0]
+        train_f = _bundle_wire(runner, specs, names, link, data, train)
+        held_f = _bundle_wire(runner, specs, names, link, other, held)
+    result = run_attack(train_f, train_x, held_f, held_x, epochs=epochs, seed=seed, label=label, png=png,
+                        budget=budget)
     encodings = sorted({t.get("encoding", {}).get("kind", "raw") if isinstance(t.get("encoding"), dict) else "raw"
                         for t in transfer["tensors"]})
     result.note = "; ".join(filter(None, [result.note, f"wire encoding: {', '.join(encodings)}"]))
     result.seconds = time.perf_counter() - start
     return result
+
+
+def _bundle_wire(runner, specs, names: list[str], link: int, data: CalibrationData,
+                 index: np.ndarray) -> list[np.ndarray]:
+    """What tiers ``0 .. link`` of the bundle send on ``link`` (decoded as the receiver gets it), per sample."""
+    features: list[list[np.ndarray]] = [[] for _ in names]
+    for i in index:
+        values = {s.name: data.inputs[k][i].reshape(s.shape) for k, s in enumerate(specs)}
+        for tier in range(link + 1):
+            values, _ = runner.run_tier(tier, values)
+        for k, name in enumerate(names):
+            features[k].append(np.asarray(values[name], dtype=np.float32))
+    return [np.stack(f) for f in features]
 
 
 def rank_disagreements(labels: list[str], dcor: list[float], psnr: list[float], tolerance_db: float = 0.5) -> list[str]:
