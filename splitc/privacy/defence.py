@@ -315,6 +315,14 @@ def train_defence(partitions: list[Any], input_names: list[str], wire_names: lis
         values = _chain(partitions, input_names, batch)
         return values, _wire(values, wire_names)
 
+    try:
+        with torch.no_grad():
+            wire_of([t[:2] for t in tensors])
+    except Exception as error:  # e.g. batch-1 shapes folded into the traced graph
+        raise SplitcError(f"--privacy-defence trains on batches, but the partitions fail on a batch of 2 "
+                          f"({type(error).__name__}: {str(error).splitlines()[0][:160]})",
+                          "trace the model with a dynamic batch dimension, or compile without --privacy-defence") \
+            from None
     adversary = None
     if method == "adversarial":
         with torch.no_grad():
