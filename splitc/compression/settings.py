@@ -344,14 +344,14 @@ def wire_entry(entry: dict[str, Any], ctx) -> dict[str, Any]:
 def lossy_bundle(manifest: dict[str, Any]) -> bool:
     """Whether a bundle's outputs differ from the original model's by design.
 
-    True when a wire tensor is encoded (float16, uint8, a bottleneck code), noise is added, the
-    partitions are quantized or pruned: such a bundle is checked element-wise against its
+    True when a wire tensor is encoded (float16, uint8, a bottleneck code), noise is added, a
+    trained privacy defence fine-tuned the partitions, or they are quantized or pruned: such a bundle is checked element-wise against its
     compile-time reference (the compressed chain) and against the original model by accuracy.
     Read from what the bundle really holds (a knob the accuracy guard rejected does not count);
     manifests written before ``compression.quantized`` existed count ``--quantize`` as given.
     """
     for transfer in manifest.get("transfers", []):
-        if "noise" in transfer:
+        if "noise" in transfer or "defence" in transfer:
             return True
         for tensor in transfer["tensors"]:
             encoding = tensor.get("encoding", {})

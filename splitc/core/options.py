@@ -50,6 +50,10 @@ class CompileOptions:
             clipped to L2 norm ``privacy_clip`` and gets Laplace noise of scale clip/epsilon inside
             the sending partition ((privacy/add_noise.py)); None = no noise.
         privacy_clip: clipping norm C; None = median norm of the sent tensor on calibration data.
+        privacy_defence: trained defence of the first link's sender (``--privacy-defence``: None/"none",
+            "dcor", "adversarial", "auto"; see privacy/defence.py).
+        privacy_strength: weight of the defence's privacy term (``--privacy-strength``); None = the
+            strongest of a ladder that meets the accuracy target.
         objective: what the planner minimises (``--objective``): latency, cost, privacy, or
             weighted (``weights``); see planning/objectives.py.
         weights: ``name=value`` pairs of the weighted objective (``--weights latency=1,cost=0.5``).
@@ -95,6 +99,9 @@ class CompileOptions:
     # privacy (issue 5)
     privacy_epsilon: float | None = None
     privacy_clip: float | None = None
+    # trained defence (issue 19)
+    privacy_defence: str | None = None
+    privacy_strength: float | None = None
     # planner objectives and variants (issues 5 and 6)
     objective: str = "latency"
     weights: tuple[str, ...] = ()

@@ -202,6 +202,12 @@ def cli() -> None:
                    "the sending partition (smaller = more noise; not a formal DP guarantee, see docs/privacy.md).")
 @click.option("--privacy-clip", type=float,
               help="Clipping norm C for --privacy-epsilon (default: the median norm on --calib).")
+@click.option("--privacy-defence", type=click.Choice(["none", "dcor", "adversarial", "auto"]),
+              help="Fine-tune the sending partition on --calib so its wire hides the input: dcor (NoPeek), "
+                   "adversarial (against a co-trained inversion decoder) or auto (adversarial, strongest strength "
+                   "meeting --accuracy-target). See docs/privacy.md.")
+@click.option("--privacy-strength", type=float,
+              help="Weight of the defence's privacy term (default: the strongest that meets --accuracy-target).")
 def compile(model, target, targets_file, input_shape, input_dtype, bandwidth, rtt_ms, split, seed, verbose, quiet,
             out, opset, no_simplify, no_verify, verify_samples, dump_dir, emit, **exit_flags) -> None:
     """Compile MODEL (.pt, .pt2 or package.module:factory) into a bundle for the tier chain."""
@@ -213,6 +219,7 @@ def compile(model, target, targets_file, input_shape, input_dtype, bandwidth, rt
     compression = _compression_settings(exit_flags)
     compression.update(_objective_settings(exit_flags))
     compression.update({key: exit_flags.pop(key) for key in ("privacy_epsilon", "privacy_clip")})  # add_noise
+    compression.update({key: exit_flags.pop(key) for key in ("privacy_defence", "privacy_strength")})  # defence
     options = _options(target, targets_file, bandwidth, rtt_ms, split, **compression, opset=opset, simplify=not no_simplify,
                        verify=not no_verify, verify_samples=verify_samples, seed=seed, **_exit_settings(**exit_flags),
                        emit=_parse_emit(emit))

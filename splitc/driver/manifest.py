@@ -186,8 +186,15 @@ def _transfers(plan, ctx, nodes, producer) -> list[dict[str, Any]]:
             "bytes": int(sum(t["bytes"] for t in tensors)),
             "predicted_s": plan.best.link_s[link],
             **_noise(ctx, link),
+            **_defence(ctx, link),
         })
     return transfers
+
+
+def _defence(ctx, link: int) -> dict[str, Any]:
+    """``{"defence": ...}`` for the link whose sender ``defend`` fine-tuned (--privacy-defence), else nothing."""
+    setup = getattr(ctx, "defence", None)
+    return {"defence": setup.to_manifest()} if setup is not None and setup.link == link else {}
 
 
 def _noise(ctx, link: int) -> dict[str, Any]:

@@ -59,6 +59,7 @@ from splitc.exits.train_exits import TrainExitsPass
 from splitc.planning.plan import PlanPass
 from splitc.planning.reorder_for_cut import ReorderForCutPass
 from splitc.privacy.add_noise import AddNoisePass
+from splitc.privacy.defence import DefencePass
 from splitc.privacy.privacy_profile import PrivacyProfilePass
 from splitc.targets.target import TargetRegistry
 
@@ -90,6 +91,8 @@ def default_passes() -> list[Pass]:
         InsertExitsPass(),       # after plan (which exits stay), before cut (exit outputs join their partition)
         CutPass(),               # needs the plan; checks the partitions compose to the original
         PrunePass(),             # --prune: needs the sending partition (after cut); re-profiles and re-cuts
+        DefencePass(),           # --privacy-defence: fine-tunes the (pruned) sender; the bottleneck, wire
+                                 # quantization and noise then apply on top of the defended wire, in that order
         InsertBottleneckPass(),  # after cut: trains on the real boundary tensors (may re-cut: --bottleneck auto)
         AddNoisePass(),          # --privacy-epsilon: after the bottleneck (the code is what leaves the device, so
                                  # it is what gets clipped and noised), before wire quantization (which then

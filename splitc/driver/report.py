@@ -48,6 +48,11 @@ def format_bundle_summary(manifest: dict[str, Any]) -> str:
             names = ", ".join(f"{x['name']} {x['shape']} {x['dtype']} ({x['encoding']['kind']})" for x in t["tensors"])
             lines.append(f"  -> link {t['link']}: {format_bytes(t['bytes'])} per request, predicted "
                          f"{format_ms(t.get('predicted_s'))} ms: {names}")
+            if t.get("defence"):  # --privacy-defence (privacy/defence.py)
+                d = t["defence"]
+                lines.append(f"     defence: {d['method']} strength {d['strength']:g} ({d['requested']}), trained on "
+                             f"{d['trained_on']['samples']} samples of {d['trained_on']['source']}; held-out accuracy "
+                             f"{d['held_out_accuracy']:.4f}")
     for e in manifest.get("exits", []):  # early exits (issue 3)
         lines.append(f"exit {e['index']} at {e['node']} (partition {e['partition']}): answers when {e['score']} >= "
                      f"{e['threshold']:.4f}; exit rate {e['exit_rate']['test']:.1%} on held-out samples, pipeline "

@@ -17,6 +17,7 @@ from splitc.errors import SplitcError
 from splitc.exits.settings import ExitSettings
 from splitc.planning.plan import PlanSettings, check_link_flags
 from splitc.privacy.add_noise import NoiseSettings
+from splitc.privacy.defence import DefenceSettings
 
 __all__ = ["validate_options"]
 
@@ -43,4 +44,5 @@ def validate_options(options: CompileOptions, *, compile: bool) -> list[Any]:
         ExitSettings.from_options(options),
         CompressionSettings.from_options(options, check_calibration=compile),
         NoiseSettings.from_options(options),
+        DefenceSettings.from_options(options, check_calibration=compile),
     ]

@@ -551,7 +551,8 @@ def bundle_accuracy(bundle, ctx) -> tuple[dict[str, Any] | None, Check | None]:
     compression = getattr(ctx, "compression", None)
     noise = getattr(ctx, "noise", None)  # --privacy-epsilon: the noise costs accuracy too (privacy/add_noise.py)
     guard = getattr(ctx, "accuracy", None)
-    lossy = (compression is not None and compression.settings.active) or noise is not None
+    defence = getattr(ctx, "defence", None)  # --privacy-defence: fine-tuned partitions (privacy/defence.py)
+    lossy = (compression is not None and compression.settings.active) or noise is not None or defence is not None
     if not lossy:
         return None, None
     if guard is None:
