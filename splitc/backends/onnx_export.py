@@ -232,8 +232,28 @@ def _check_piece(piece: onnx.ModelProto, part: Partition) -> str | None:
         missing = [i for i in node.input if i not in available]
         if missing:
             return f"partition {part.index}: node {node.name or node.op_type} reads {missing[0]}, computed in another partition"
+        # an If/Loop body may read outer-scope tensors: the Extractor does not follow those reads (its known
+        # limit), so a piece can lack the nodes that compute them (found on torchvision's Faster R-CNN tail)
+        outer = [i for i in sorted(_outer_reads(node)) if i not in available]
+        if outer:
+            return (f"partition {part.index}: a subgraph of node {node.name or node.op_type} reads {outer[0]}, which "
+                    "the extracted piece does not compute before it")
         available.update(node.output)
     return None
+
+
+def _outer_reads(node: onnx.NodeProto) -> set[str]:
+    """Names the subgraphs of ``node`` (If branches, Loop/Scan bodies, nested) read from the enclosing scopes."""
+    reads: set[str] = set()
+    for attr in node.attribute:
+        for graph in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else
+                      list(attr.graphs) if attr.type == onnx.AttributeProto.GRAPHS else []):
+            local = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
+            for inner in graph.node:
+                reads |= {i for i in inner.input if i not in local}
+                reads |= _outer_reads(inner) - local
+                local.update(inner.output)
+    return reads
 
 
 #: Initializers of more elements than this leave the graph while onnxsim runs (see :func:`_weightless_simplify`).

@@ -38,7 +38,7 @@ from splitc.compression.settings import lossy_bundle
 from splitc.core.accuracy import AccuracyTarget, Verdict, paired_margin
 from splitc.core.calibration import as_samples
 from splitc.core.call_adapter import apply_call_record
-from splitc.core.detectors import check_detections, explain_runtime_failure
+from splitc.core.detectors import check_detections, compare_detections, detection_groups, explain_runtime_failure
 from splitc.core.compare import FAILED, NOT_VERIFIED, PASSED, SKIPPED, Check, TensorCheck, Tolerance, VerifyReport
 from splitc.core.loader import InputSpec, load_model, make_example_inputs, parameter_fingerprint, sha256_file
 from splitc.errors import SplitcError
@@ -252,7 +252,10 @@ def check_reference(bundle: Path, manifest: dict[str, Any], report: VerifyReport
         if entry.get("unverified"):
             report.add(Check(label, NOT_VERIFIED, entry["unverified"], {"reference": entry["reference"]}))
             continue
-        checks = {n: TensorCheck(n) for n in outputs}
+        groups = [g for g in _detection_tensors(manifest) if set(g) <= set(outputs)]  # a detector's tail
+        grouped = {n for g in groups for n in g}
+        checks = {n: TensorCheck(n) for n in outputs if n not in grouped}
+        matched: list[tuple[str, float, float, bool]] = []
         noised = entry.get("noised", [])
         runs: list[dict[str, Any]] = []
         try:
@@ -260,7 +263,12 @@ def check_reference(bundle: Path, manifest: dict[str, Any], report: VerifyReport
                 feeds = {s["name"]: case[s["name"]] for s in part["inputs"]}
                 got = runner.run_partition(part["index"], feeds)
                 for name, tolerance in outputs.items():
-                    checks[name].add(got[name], case[name], tolerance)
+                    if name not in grouped:
+                        checks[name].add(got[name], case[name], tolerance)
+                for group in groups:  # detections are a ranking: compared as matched sets, not by position
+                    matched.append((f"detections ({', '.join(group)})",
+                                    *compare_detections([got[n] for n in group], [case[n] for n in group],
+                                                        report.rtol, report.atol)))
                 if noised:
                     runs.append(_noise_runs(runner, part["index"], feeds, got, case, noised, specs, repeats))
         except Exception as exc:  # ONNX Runtime refuses the reference inputs: a broken partition
@@ -272,9 +280,13 @@ def check_reference(bundle: Path, manifest: dict[str, Any], report: VerifyReport
         failed = [c for c in checks.values() if not c.passed]
         worst = failed[0] if failed else max(checks.values(), key=lambda c: c.max_error / max(c.allowed_max, 1e-30),
                                              default=None)
+        lines = [worst.line()] if worst is not None else []
+        if matched:
+            lines.append(_detections_line(matched))
         detail = (f"{len(values)} reference case(s) vs {entry['reference']}: "
-                  + (worst.line() if worst is not None else "no element-wise output")
+                  + ("; ".join(lines) or "no element-wise output")
                   + (f" ({len(checks)} output(s))" if len(checks) > 1 else ""))
+        failed = failed + [m for m in matched if not m[3]]
         report.add(Check(label, FAILED if failed else PASSED, detail,
                          {"reference": entry["reference"], "tensors": [c.to_dict() for c in checks.values()]}))
         if noised:
@@ -328,32 +340,66 @@ def _noise_check(manifest: dict[str, Any], entry: dict[str, Any], runs: list[dic
                  {"failures": failures} if failures else {})
 
 
+def _detection_tensors(manifest: dict[str, Any]) -> list[tuple[str, ...]]:
+    """Each ``(boxes, scores, labels)`` group of a detection bundle, by the tensor names the reference uses."""
+    tensor_of = {o["name"]: o["tensor"] for o in manifest["model"]["outputs"]}
+    return [tuple(tensor_of[n] for n in group) for group in detection_groups(manifest)]
+
+
+def _detections_line(matched: list[tuple[str, float, float, bool]]) -> str:
+    bad = [m for m in matched if not m[3]]
+    label, err, rel, _ = (bad or [max(matched, key=lambda m: m[2])])[0]
+    return (f"{label}: {len(bad)} of {len(matched)} image(s) differ as sets" if bad else
+            f"{label}: matched as sets in {len(matched)} image(s), max box error {err:.3g} (relative {rel:.3g})")
+
+
 def _end_to_end(runner: BundleRunner, manifest: dict[str, Any], values: list[dict[str, np.ndarray]],
                 tolerances: dict[str, Tolerance], report: VerifyReport) -> None:
     """The whole chain (the runner's transfers included) on the reference's model inputs vs its model outputs."""
     exact = not lossy_bundle(manifest)
     inputs = [s["name"] for s in manifest["model"]["inputs"]]
     outputs = manifest["model"]["outputs"]
+    last = manifest["partitions"][-1]
+    detections: list[tuple[str, float, float, bool]] = []
+    handled: set[str] = set()
     checks = {o["name"]: TensorCheck(o["name"]) for o in outputs}
     agree = 0
     for case in values:
         got = runner.run({n: case[n] for n in inputs})
+
+        def on_reference_inputs(case=case) -> dict[str, np.ndarray]:  # the last partition on the reference's inputs
+            out = runner.run_partition(last["index"], {s["name"]: case[s["name"]] for s in last["inputs"]})
+            return {o["name"]: out[o["tensor"]] for o in outputs if o["tensor"] in out}
+
+        # a detector's boxes/scores/labels: matched sets; a two-stage detector's proposals may differ end to end
+        # while every partition is right (splitc.core.detectors.check_detections)
+        handled, results = check_detections(manifest, got, {o["name"]: case[o["tensor"]] for o in outputs},
+                                            report.rtol, report.atol, on_reference_inputs)
+        detections += results
         for o in outputs:
-            checks[o["name"]].add(got[o["name"]], case[o["tensor"]], tolerances.get(o["tensor"], Tolerance(0, 0)))
-        first = outputs[0]
-        agree += int(np.argmax(got[first["name"]]) == np.argmax(case[first["tensor"]]))
-    worst = max(checks.values(), key=lambda c: c.rel_error)
+            if o["name"] not in handled:
+                checks[o["name"]].add(got[o["name"]], case[o["tensor"]], tolerances.get(o["tensor"], Tolerance(0, 0)))
+        first = next((o for o in outputs if o["name"] not in handled), None)
+        if first is not None:
+            agree += int(np.argmax(got[first["name"]]) == np.argmax(case[first["tensor"]]))
+    checks = {n: c for n, c in checks.items() if n not in handled}
+    worst = max(checks.values(), key=lambda c: c.rel_error, default=None)
+    bad = [d for d in detections if not d[3]]
     if exact:
         failed = [c for c in checks.values() if not c.passed]
         for check in checks.values():
             report.note_worst(check)
-        report.add(Check("end to end", FAILED if failed else PASSED,
-                         f"{len(values)} case(s), the chain with its transfers: {(failed or [worst])[0].line()}"))
+        lines = [(failed or [worst])[0].line()] if worst is not None else []
+        if detections:
+            lines.append(_detections_line(detections))
+        report.add(Check("end to end", FAILED if failed or bad else PASSED,
+                         f"{len(values)} case(s), the chain with its transfers: {'; '.join(lines)}"))
     else:  # a uint8/int8 value rounded the other way at one partition moves later tensors a little
         report.add(Check("end to end", SKIPPED,
-                         f"informational (lossy wire or quantized partitions: each partition was checked on identical "
-                         f"inputs above): top-1 agrees on {agree} of {len(values)} case(s), max error "
-                         f"{worst.max_error:.3g}"))
+                         "informational (lossy wire or quantized partitions: each partition was checked on identical "
+                         "inputs above): "
+                         + (f"top-1 agrees on {agree} of {len(values)} case(s), max error {worst.max_error:.3g}"
+                            if worst is not None else _detections_line(detections))))
 
 
 # ---------------------------------------------------------------------------------------------
