@@ -43,6 +43,7 @@ from torch import nn
 from splitc.compression.settings import (AUTO_RATIOS, CompressionSettings, WireEncoding, bottleneck_ok, code_shape,
                                          compressed_problem, consumers_of, state_of)
 from splitc.compression.forced import missed
+from splitc.compression.quantize_transfer import DequantizeU8, QuantizeU8, choose_params
 from splitc.core.graph import model_output_names
 from splitc.core.passes.cut import (CutPass, append_output_transform, cut_graph, prepend_input_transform,
                                     refresh_examples)
@@ -317,7 +318,8 @@ class InsertBottleneckPass(Pass):
             for p in tail.graph_module.parameters():
                 p.requires_grad_(True)
         with torch.no_grad():
-            preds = run_tail(dec(enc(test_x))).argmax(dim=-1).numpy()
+            code = _as_on_the_wire(enc(test_x), enc(train_x), state.settings.transfer_dtype)
+            preds = run_tail(dec(code)).argmax(dim=-1).numpy()
         acc = state.guard.measure(preds)
         shape = [1, *train_x.shape[1:]]
         trained = Trained(name, ratio, stride, enc, dec, acc, list(shape), code_shape(list(shape), ratio, stride))
@@ -325,6 +327,21 @@ class InsertBottleneckPass(Pass):
                  "the required %.4f next)", name, ratio, stride, acc, acc.margin, state.required_accuracy)
         self._cache[key] = trained
         return trained
+
+
+def _as_on_the_wire(code: torch.Tensor, calibration: torch.Tensor, dtype: str) -> torch.Tensor:
+    """The code as the receiver decodes it after ``--transfer-dtype`` (quantize_transfer's own encoding).
+
+    A bottleneck is judged with the wire encoding that will follow it, so ``--bottleneck auto
+    --transfer-dtype uint8`` picks a ratio whose accuracy survives the uint8 rounding too (judged
+    without it, a ratio passing by a hair then failed the uint8 step's own check on the MNIST example).
+    """
+    if dtype == "float16":
+        return code.half().float()
+    if dtype == "uint8":
+        scale, zero, _ = choose_params(calibration.float())  # as quantize_transfer calibrates it: on the train split
+        return DequantizeU8(scale, zero)(QuantizeU8(scale, zero)(code))
+    return code
 
 
 def _as_list(out):

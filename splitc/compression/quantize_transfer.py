@@ -104,7 +104,7 @@ def _quant_error(values: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) 
     return float(((q - zero) * scale - values).pow(2).mean())
 
 
-def _choose_params(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int | None]:
+def choose_params(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int | None]:
     """Per-tensor params, or per-channel (axis 1) when that lowers the error by >= 10 %."""
     rank = values.dim()
     scale, zero = affine_params(values, None)
@@ -173,7 +173,7 @@ class QuantizeTransferPass(Pass):
                 for part in consumers_of(ctx, name):
                     prepend_input_transform(part, name, CastTo(torch.float32), f"splitc_dq_{tag}")
             else:
-                scale, zero, axis = _choose_params(values[name].float())
+                scale, zero, axis = choose_params(values[name].float())
                 enc = {**base, "kind": "affine_uint8", "source_dtype": "float32", "in_graph": True, "axis": axis,
                        "scale": [float(v) for v in scale.flatten()] if axis is not None else float(scale),
                        "zero_point": [int(z) for z in zero.flatten()] if axis is not None
