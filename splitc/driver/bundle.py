@@ -112,7 +112,8 @@ def bundle_readme(manifest: dict[str, Any]) -> str:
     lines = [
         f"# splitc bundle: {source}",
         "",
-        f"Compiled by splitc {manifest['generator']['version']} on {manifest['generator']['created']} for the chain "
+        # no date here (it is generator.created in manifest.json): two identical compiles write identical files
+        f"Compiled by splitc {manifest['generator']['version']} for the chain "
         + " -> ".join(f"`{t['name']}`" for t in tiers) + f"; predicted latency "
         f"{manifest['plan']['predicted']['latency_s'] * 1e3:.2f} ms per request. Input: {inputs}. "
         "`manifest.json` (schema: `manifest.schema.json`) says exactly what each tier runs and what crosses each "

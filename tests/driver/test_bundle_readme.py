@@ -67,7 +67,8 @@ def test_following_the_readme_on_two_folders_serves_a_request(split_bundle, tmp_
     serve = _commands(readme, "### Tier 1: `cloud-gpu-t4`")[1].split()
     assert serve[:4] == ["splitc", "serve", ".", "--tier"]
     # the README's command, on 127.0.0.1 and a free port (tests share the machine)
-    proc, url = start_tier_process(".", serve[4], port=0, cwd=tmp_path / "server")
+    tier = start_tier_process(".", serve[4], port=0, cwd=tmp_path / "server")
+    proc, url = tier.proc, tier.url
     try:
         run = _commands(readme, "### Tier 0: `jetson-orin-nano`")[1].replace("http://TIER1-HOST:8000", url).split()
         assert run[:2] == ["splitc", "run"]

@@ -9,6 +9,7 @@ fixed date. ``--seed`` governs all of it and is recorded in the manifest.
 from __future__ import annotations
 
 import json
+import difflib
 from pathlib import Path
 
 import pytest
@@ -38,7 +39,11 @@ def _assert_same(a: Path, b: Path) -> None:
     files_a, files_b = _files(a), _files(b)
     assert sorted(files_a) == sorted(files_b)
     differ = [name for name in files_a if files_a[name] != files_b[name]]
-    assert not differ, f"not byte-identical: {differ}"
+    texts = [n for n in differ if n.endswith((".md", ".json", ".txt", ".pbtxt", ".py", ".yaml"))]
+    first = "" if not texts else "\n".join(list(difflib.unified_diff(
+        files_a[texts[0]].decode(errors="replace").splitlines(), files_b[texts[0]].decode(errors="replace").splitlines(),
+        lineterm="", n=0))[:12])
+    assert not differ, f"not byte-identical: {differ}\n{first}"
     assert _manifest(a) == _manifest(b)
 
 
