@@ -53,9 +53,11 @@ CONFIGS = [  # (label, CompileOptions fields)
     ("prune 0.3, --accuracy-target 0.98", {"prune": 0.3, "accuracy_target": 0.98}),
     ("bottleneck 1/8 + uint8, --accuracy-target 0.98", {"bottleneck": "0.125", "transfer_dtype": "uint8",
                                                         "accuracy_target": 0.98}),
-    ("bottleneck 1/8 + uint8 + int8 partitions, --accuracy-target 0.98",  # the README's compression command
+    ("bottleneck 1/8 + uint8 + int8 partitions, --accuracy-target 0.98",
      {"bottleneck": "0.125", "transfer_dtype": "uint8", "quantize": "int8", "accuracy_target": 0.98}),
     ("bottleneck auto + uint8", {"bottleneck": "auto", "transfer_dtype": "uint8"}),
+    ("bottleneck auto + uint8, --accuracy-target 0.98", {"bottleneck": "auto", "transfer_dtype": "uint8",
+                                                         "accuracy_target": 0.98}),  # the README's command
 ]
 
 
