@@ -216,9 +216,10 @@ def measure(model: str, bundle: Path, requests: int, rtt_ms: float, server_tier:
                "--bundle", str(bundle), "--model", model, "--requests", str(requests), "--rtt-ms", str(rtt_ms),
                "--result", str(result)]
         if server_tier is not None:
-            proc, url = start_tier_process(bundle, server_tier, host=IP_SRV, cwd=ROOT, timeout_s=180,
-                                           extra_args=("--threads", "1"),
-                                           prefix=("ip", "netns", "exec", NS_SRV, "taskset", "-c", SERVER_CPU))
+            tier = start_tier_process(bundle, server_tier, host=IP_SRV, cwd=ROOT, timeout_s=180,
+                                      extra_args=("--threads", "1"),
+                                      prefix=("ip", "netns", "exec", NS_SRV, "taskset", "-c", SERVER_CPU))
+            proc, url = tier.proc, tier.url
             cmd += ["--server", url]
         subprocess.run(cmd, check=True, cwd=ROOT, timeout=3600)
         return json.loads(result.read_text())["latencies_s"]

@@ -71,8 +71,8 @@ def load_average() -> list[float] | None:
 class CpuMeter:
     """Share of the machine's CPU time used by *other* processes while a step ran.
 
-    Reads /proc/stat (all CPUs' busy time) and subtracts this process's own CPU time
-    (os.times); what is left was used by something else competing with the benchmark.
+    Reads /proc/stat (all CPUs' busy time) and subtracts this process's own CPU time and its
+    finished children's (os.times); what is left was used by something else competing with the benchmark.
     0 = quiet machine; 0.5 on 2 cores = another process kept one core busy.
     """
 
@@ -87,8 +87,9 @@ class CpuMeter:
         except (OSError, ValueError):
             return None
         busy = sum(fields) - fields[3] - (fields[4] if len(fields) > 4 else 0)  # minus idle and iowait
-        own = os.times()
-        return time.perf_counter(), busy / os.sysconf("SC_CLK_TCK"), own.user + own.system
+        own = os.times()  # this process and its waited-for children (a timed `splitc plan` command is one)
+        return (time.perf_counter(), busy / os.sysconf("SC_CLK_TCK"),
+                own.user + own.system + own.children_user + own.children_system)
 
     def measure(self) -> tuple[float, float] | None:
         """(wall seconds, CPU seconds used by other processes) since the meter was made."""
