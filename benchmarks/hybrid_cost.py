@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import subprocess
 import sys
 import time
@@ -62,19 +61,6 @@ SINGLE = ("c6i-xlarge",)
 #: request rates as multiples of what one c6i.large carries with the exits (trickle .. beyond one c6i.xlarge)
 RATE_MULTIPLES = (1e-5, 0.01, 0.1, 0.5, 0.9, 1.05, 1.2, 1.4, 1.7, 2.1, 2.6)
 CACHE = ROOT / "benchmarks/results/tmp/hybrid"
-
-
-def git_state() -> dict:
-    """The commit the figures come from and whether the tree had uncommitted changes (result files aside: a
-    benchmark that ran before this one has just rewritten its own)."""
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                                timeout=10).stdout.strip() or None
-        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--", ".", ":!benchmarks/results"], cwd=ROOT,
-                                    capture_output=True, text=True, timeout=10).stdout.strip())
-        return {"git_commit": commit, "git_dirty": dirty}
-    except (OSError, subprocess.SubprocessError):
-        return {"git_commit": None, "git_dirty": None}
 
 
 # ------------------------------------------------------------------------------------------- models
@@ -319,11 +305,12 @@ def main() -> None:
     models = {"mnist": mnist_model, "resnet18": resnet18_model}
     results = [run_model(models[name.strip()]()) for name in args.models.split(",") if name.strip()]
     report = {"benchmark": "hybrid_cost", "chains": {"hybrid": list(HYBRID), "single_vm": list(SINGLE)},
-              "objective": "cost", "accuracy_target": 0.99, "target_kind": "relative", **git_state(),
+              "objective": "cost", "accuracy_target": 0.99, "target_kind": "relative",
               "seconds": time.perf_counter() - start, "models": results}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
+    from _provenance import write_results  # the commit and whether the tree was clean
+    write_results(out, report)
     table = summary(report)
     out.with_suffix(".md").write_text(table + "\n")
     print(table)

@@ -50,3 +50,13 @@ def test_write_results_adds_provenance(tmp_path):
 
 def test_outside_a_checkout(tmp_path):
     assert provenance(tmp_path) == {**provenance(tmp_path), "commit": None, "clean": None}
+
+
+def test_every_benchmark_writes_its_results_through_write_results():
+    """A results JSON without provenance cannot be quoted: each script that writes one goes through write_results."""
+    scripts = sorted(p for p in (Path(__file__).resolve().parents[1] / "benchmarks").glob("*.py")
+                     if not p.name.startswith("_"))
+    assert scripts
+    missing = [p.name for p in scripts if ".json" in p.read_text(encoding="utf-8")
+               and "write_results(" not in p.read_text(encoding="utf-8")]
+    assert not missing, f"results written without provenance: {missing}"
