@@ -16,7 +16,8 @@ code, and a decoder at the start of the receiving partition maps it back to
   distillation of the final output (KL to the original model's softmax at
   temperature 2) and cross-entropy when the calibration data has labels; the rest
   of the network runs in every step (Adam, lr 1e-2, :data:`EPOCHS` epochs).
-* Accuracy is measured on the held-out split and must meet ``--accuracy-target``.
+* Accuracy is measured on the held-out split, with the code rounded as the wire encoding of
+  ``--transfer-dtype`` that follows will round it, and must meet ``--accuracy-target``.
 
 ``--bottleneck 0.25`` forces the channel ratio at the planned cut(s); ``auto``
 searches cut and ratio jointly: for each configuration in
