@@ -112,14 +112,14 @@ def budget_of(name: str):
 
 
 def run_one(cut: str, epsilon: float | None, tmp: Path, x, y, budget: str, png: Path | None,
-            defence: tuple[str, float | None] | None = None) -> dict:
+            defence: tuple[str, float | None] | None = None, target: float = 0.99) -> dict:
     """Compile, attack and score one (cut, epsilon) or (cut, defence)."""
     from splitc.core.options import CompileOptions
     from splitc.driver.pipeline import compile_model
     from splitc.privacy.leakage import attack_bundle
 
     method, strength = defence or (None, None)
-    guard = dict(accuracy_target=0.01, absolute_accuracy=True) if method != "auto" else {}
+    guard = dict(accuracy_target=0.01, absolute_accuracy=True) if method != "auto" else {"accuracy_target": target}
     options = CompileOptions(targets=("jetson", "cloud-gpu"), split=(cut,), calib=str(MNIST / "calib.npz"),
                              emit=("none",), privacy_epsilon=epsilon, privacy_defence=method,
                              privacy_strength=strength, verify=False, **guard)
@@ -295,9 +295,13 @@ def main() -> None:
                         help="attacker budget (splitc.privacy.attacker.BUDGETS; default: strong, --quick: default)")
     parser.add_argument("--ablation", action="store_true", help="only the attacker-budget ablation (stem, layer2)")
     parser.add_argument("--no-defences", action="store_true", help="noise rows only")
+    parser.add_argument("--accuracy-target", type=float, default=0.99,
+                        help="--accuracy-target of the 'auto' defence rows (relative; default 0.99)")
     args = parser.parse_args()
     logging.getLogger("splitc").setLevel(logging.WARNING)
     import torch
+
+    from splitc.errors import SplitcError
 
     torch.set_num_threads(1)  # the attacker and the defences pin one thread in training; so does the rest
     ensure_model()
@@ -315,7 +319,7 @@ def main() -> None:
     epsilons = QUICK_EPSILONS if args.quick else EPSILONS
     defences = [] if args.no_defences else QUICK_DEFENCES if args.quick else DEFENCES
     settings = [(eps, None) for eps in epsilons]
-    rows, start = [], time.perf_counter()
+    rows, refused, start = [], [], time.perf_counter()
     print(f"unsplit model: test accuracy {reference:.4f}; {len(cuts)} cuts x {len(epsilons)} noise settings, "
           f"{len(defences)} defence(s) at {DEFENCE_CUTS}; attacker budget {budget}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
@@ -326,7 +330,12 @@ def main() -> None:
                 png = out / "privacy_grids" / f"{name}.png" if keep else None
                 if png is not None:
                     png.parent.mkdir(exist_ok=True)
-                row = run_one(cut, eps, Path(tmp), x, y, budget, png, defence)
+                try:
+                    row = run_one(cut, eps, Path(tmp), x, y, budget, png, defence, args.accuracy_target)
+                except SplitcError as exc:  # e.g. no defence strength meets the target: a result, not a crash
+                    refused.append({"cut": cut, "epsilon": eps, "defence": defence and defence[0], "error": str(exc)})
+                    print(f"[{time.perf_counter() - start:5.0f}s] {cut:<8} {name}: compile refused: {exc}", flush=True)
+                    continue
                 rows.append(row)
                 what = f"defence {defence[0]} {row['strength']}" if defence else f"eps {str(eps or 'none'):>6}"
                 print(f"[{time.perf_counter() - start:5.0f}s] {cut:<8} {what}: attacker PSNR "
@@ -340,9 +349,10 @@ def main() -> None:
     for row in rows:  # paths relative to the results folder
         row["grid_png"] = row["grid_png"] and str(Path(row["grid_png"]).relative_to(out))
     command = "python benchmarks/privacy.py" + (" --quick" if args.quick else "") + \
-        (f" --attacker {args.attacker}" if args.attacker else "") + (" --no-defences" if args.no_defences else "")
+        (f" --attacker {args.attacker}" if args.attacker else "") + (" --no-defences" if args.no_defences else "") + \
+        (f" --accuracy-target {args.accuracy_target:g}" if args.accuracy_target != 0.99 else "")
     payload = {"command": command, "attacker_budget": budget_of(budget).to_dict(), "seconds": round(total, 1),
-               "summary": summary, "rows": rows}
+               "summary": summary, "rows": rows, "refused": refused}
     from _provenance import write_results  # the commit and whether the tree was clean
     write_results(out / "privacy.json", payload)
     (out / "privacy.md").write_text(text + f"\n\nMeasured by `{command}` in {total:.0f} s (attacker budget "
