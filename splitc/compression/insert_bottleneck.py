@@ -35,6 +35,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from typing import Callable
 
 import numpy as np
 import torch
@@ -319,7 +320,7 @@ class InsertBottleneckPass(Pass):
             for p in tail.graph_module.parameters():
                 p.requires_grad_(True)
         with torch.no_grad():
-            code = _as_on_the_wire(enc(test_x), enc(train_x), state.settings.transfer_dtype)
+            code = _as_on_the_wire(enc(test_x), lambda: enc(train_x), state.settings.transfer_dtype)
             preds = run_tail(dec(code)).argmax(dim=-1).numpy()
         acc = state.guard.measure(preds)
         shape = [1, *train_x.shape[1:]]
@@ -330,7 +331,7 @@ class InsertBottleneckPass(Pass):
         return trained
 
 
-def _as_on_the_wire(code: torch.Tensor, calibration: torch.Tensor, dtype: str) -> torch.Tensor:
+def _as_on_the_wire(code: torch.Tensor, calibration: Callable[[], torch.Tensor], dtype: str) -> torch.Tensor:
     """The code as the receiver decodes it after ``--transfer-dtype`` (quantize_transfer's own encoding).
 
     A bottleneck is judged with the wire encoding that will follow it, so ``--bottleneck auto
@@ -340,7 +341,7 @@ def _as_on_the_wire(code: torch.Tensor, calibration: torch.Tensor, dtype: str) -
     if dtype == "float16":
         return code.half().float()
     if dtype == "uint8":
-        scale, zero, _ = choose_params(calibration.float())  # as quantize_transfer calibrates it: on the train split
+        scale, zero, _ = choose_params(calibration().float())  # as quantize_transfer calibrates it: the train split
         return DequantizeU8(scale, zero)(QuantizeU8(scale, zero)(code))
     return code
 

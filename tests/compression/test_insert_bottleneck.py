@@ -86,3 +86,21 @@ def test_bad_prune():
         CompressionSettings.from_options(CompileOptions(targets=("jetson",), prune=1.2, calib="c.npz"))
     with pytest.raises(SplitcError, match="needs calibration data"):
         CompressionSettings.from_options(CompileOptions(targets=("jetson",), bottleneck="auto"))
+
+
+def test_bottleneck_is_judged_on_the_code_as_the_wire_rounds_it():
+    """--transfer-dtype after the bottleneck: its accuracy is measured on the uint8/float16-rounded code."""
+    from splitc.compression.insert_bottleneck import _as_on_the_wire
+
+    gen = torch.Generator().manual_seed(0)
+    train = torch.randn(64, 4, 7, 7, generator=gen)
+    code = torch.randn(8, 4, 7, 7, generator=gen)
+    assert torch.equal(_as_on_the_wire(code, lambda: train, "float32"), code)
+    assert torch.equal(_as_on_the_wire(code, lambda: train, "float16"), code.half().float())
+    rounded = _as_on_the_wire(code, lambda: train, "uint8")
+    step = float((train.max() - train.min()) / 255)  # per-tensor range of the training codes (or finer per channel)
+    assert not torch.equal(rounded, code)
+    lo, hi = train.amin(dim=(0, 2, 3), keepdim=True), train.amax(dim=(0, 2, 3), keepdim=True)
+    inside = (code >= lo) & (code <= hi)  # outside a channel's training range the code clips, as on the wire
+    assert float((rounded - code)[inside].abs().max()) <= step / 2 + 1e-6  # rounding, not a different encoding
+    assert len(torch.unique(rounded)) <= 4 * 256
